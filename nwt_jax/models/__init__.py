@@ -1,0 +1,1 @@
+"""Flax linen models: Memcodes, dVAE-Adv, discriminator, prior."""
