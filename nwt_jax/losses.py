@@ -49,3 +49,29 @@ def feature_matching_loss(real_features: PyTree, fake_features: PyTree) -> jax.A
   return _mean_over_leaves(
       lambda real, fake: jnp.mean(jnp.abs(fake - jax.lax.stop_gradient(real))),
       real_features, fake_features)
+
+
+# -------------------------------------------------------------------------------------------------
+# Prior losses (stage 2): cross-entropy per code and the style latent's KL.
+
+
+def code_cross_entropy(logits: jax.Array, codes: jax.Array, *,
+                       label_smoothing: float = 0.0) -> jax.Array:
+  """Cross-entropy of each code under logits [..., num_codes] -> float32 [...] (codes' shape).
+
+  With label smoothing e the target is (1 - e) * one_hot(code) + e / num_codes, computed from the
+  log-softmax directly (no one-hot of the vocabulary is materialised).
+  """
+  if logits.shape[:-1] != codes.shape:
+    raise ValueError(f"logits {logits.shape} do not match codes {codes.shape} + (num_codes,)")
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(log_probs, codes[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  if label_smoothing:
+    nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs, axis=-1)
+  return nll
+
+
+def gaussian_kl(mu: jax.Array, log_sigma: jax.Array) -> jax.Array:
+  """KL(N(mu, sigma^2) || N(0, I)) summed over the last axis: [..., dim] -> float32 [...]."""
+  mu, log_sigma = mu.astype(jnp.float32), log_sigma.astype(jnp.float32)
+  return 0.5 * jnp.sum(mu ** 2 + jnp.exp(2.0 * log_sigma) - 1.0 - 2.0 * log_sigma, axis=-1)

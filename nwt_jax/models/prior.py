@@ -1,0 +1,438 @@
+"""NWT's stage-2 prior: audio, episode and a style latent -> Memcode indices, frame by frame.
+
+Codes are int32 [B, T, gh, gw, K] (K = Memcodes heads, values in [0, num_codes)); log-mel is
+[B, 4T, 80]; episode ids are [B] (one per clip) or [B, T] (per frame, so the episode may switch
+mid-video). Both decoder variants share a two-level layout whose cost is linear in frames:
+
+  * temporal: one token per frame. Token t = summary of frame t-1's codes (a learned BOS frame
+    at t = 0) + the aligned audio feature + episode(t) + style z + time position; a causal
+    transformer over frames that also cross-attends to the whole audio encoding.
+  * spatial: the frame's P = gh*gw positions, each = the frame's temporal output + a position
+    embedding + the previous frame's codes at that position; a small bidirectional transformer.
+  * FAR ('far'): all codes of frame t are predicted in parallel from the spatial output.
+  * MAR ('mar'): a causal depth transformer over the frame's L = P*K codes in raster order
+    (position-major, head-minor; as RQ-Transformer's depth stack): code j of frame t sees
+    frames < t and codes < j of frame t.
+
+Teacher forcing (training, evaluation):
+
+    logits, aux = model.apply(v, codes, mel, episode, train=True, rngs={'style': k})
+    # logits float32 [B, T, gh, gw, K, num_codes]; aux: kl (batch mean), mu, log_sigma, z
+
+Incremental decoding (what `nwt_jax.sampling` drives inside `jax.lax.scan`):
+
+    mu, _ = model.apply(v, reference_codes, method=Prior.encode_style)     # or z ~ N(0, I)
+    context = model.apply(v, mel, episode, z, method=Prior.encode_context)  # once per window
+    cache = model.init_cache(batch)                                         # zeros, fixed size
+    # FAR, t = 0 .. T-1 (prev_codes: frame t-1's codes [B, gh, gw, K]; ignored at t = 0):
+    logits, cache = model.apply(v, context, prev_codes, t, cache, method=Prior.far_frame_step)
+    # MAR, per frame t, then per code j = 0 .. L-1 (prev_code: code j-1 [B]; ignored at j = 0):
+    frame_ctx, cache = model.apply(v, context, prev_codes, t, cache, method=Prior.mar_frame_step)
+    logits, cache = model.apply(v, frame_ctx, prev_code, j, cache, method=Prior.mar_code_step)
+
+The cache holds max_frames temporal positions (and L depth positions for MAR); `t` and `j` are
+traced, so one compilation serves every step and every window of up to max_frames frames.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nwt_jax import losses
+from nwt_jax.models import transformer
+
+Dtype = Any
+DECODERS = ("far", "mar")
+MEL_FRAMES_PER_FRAME = 4  # log-mel frames per video frame (hop 200 at 24 kHz, 30 fps)
+
+
+def _init(init, *names: str | None):
+  return nn.with_logical_partitioning(init, names)
+
+
+def _dense(features: int, names: tuple[str | None, str | None], *, name: str,
+           dtype: Dtype, param_dtype: Dtype, use_bias: bool = False,
+           kernel_init=nn.initializers.lecun_normal()) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                  kernel_init=_init(kernel_init, *names),
+                  bias_init=_init(nn.initializers.zeros_init(), "norm"))
+
+
+def per_frame_episode(episode: jax.Array, num_frames: int) -> jax.Array:
+  """Episode ids [B] (one per clip) or [B, T] -> [B, T]."""
+  if episode.ndim == 1:
+    return jnp.broadcast_to(episode[:, None], (episode.shape[0], num_frames))
+  if episode.shape[1] != num_frames:
+    raise ValueError(f"episode ids {episode.shape} do not cover {num_frames} frames")
+  return episode
+
+
+class FrameEmbed(nn.Module):
+  """Codes [..., gh, gw, K] -> [..., gh*gw, features]: per-head code embeddings summed per position.
+
+  One table of K * num_codes rows, so each head has its own codebook embedding.
+  """
+  num_codes: int  # codebook size per head
+  code_heads: int  # Memcodes heads K
+  features: int  # embedding width
+  param_dtype: Dtype = jnp.float32  # parameter dtype
+
+  @nn.compact
+  def __call__(self, codes: jax.Array) -> jax.Array:
+    table = nn.Embed(self.code_heads * self.num_codes, self.features,
+                     param_dtype=self.param_dtype, name="table",
+                     embedding_init=_init(nn.initializers.normal(1.0), "vocab", "embed"))
+    offsets = jnp.arange(self.code_heads) * self.num_codes  # [K]
+    emb = table(codes + offsets).sum(axis=-2)  # [..., gh, gw, K, f] -> [..., gh, gw, f]
+    return emb.reshape(emb.shape[:-3] + (-1, self.features))  # [..., P, f]
+
+
+class AudioEncoder(nn.Module):
+  """Log-mel [B, 4T, bins] -> [B, T, features] at the video frame rate.
+
+  A conv stack (k5 s1, then two k4 s2 halvings: the output for frame t is centred on mel rows
+  4t .. 4t+3) and a bidirectional transformer.
+  """
+  features: int = 256  # width
+  num_layers: int = 2  # transformer blocks
+  num_heads: int = 4  # attention heads
+  head_dim: int = 64  # width per head
+  mlp_dim: int = 1024  # MLP hidden width
+  max_frames: int = 32  # longest window in video frames (position table size)
+  mel_mean: float = -8.0  # log-mel normalisation: (mel - mel_mean) / mel_std
+  mel_std: float = 4.0  # (log_mel floors at log(1e-5) = -11.5; speech peaks near +3)
+  dropout_rate: float = 0.0  # residual dropout
+  dtype: Dtype = jnp.float32  # compute dtype
+  param_dtype: Dtype = jnp.float32  # parameter dtype
+
+  @nn.compact
+  def __call__(self, mel: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    batch, mel_frames, _ = mel.shape
+    if mel_frames % MEL_FRAMES_PER_FRAME:
+      raise ValueError(f"mel has {mel_frames} rows, not a multiple of {MEL_FRAMES_PER_FRAME}")
+    frames = mel_frames // MEL_FRAMES_PER_FRAME
+    if frames > self.max_frames:
+      raise ValueError(f"{frames} frames exceed max_frames={self.max_frames}")
+
+    def conv(x, kernel, stride, name):
+      return nn.gelu(nn.Conv(
+          self.features, (kernel,), strides=(stride,), padding="SAME", dtype=self.dtype,
+          param_dtype=self.param_dtype, name=name,
+          kernel_init=_init(nn.initializers.lecun_normal(), None, "embed", "mlp"),
+          bias_init=_init(nn.initializers.zeros_init(), "mlp"))(x))
+
+    x = ((mel.astype(jnp.float32) - self.mel_mean) / self.mel_std).astype(self.dtype)
+    x = conv(x, 5, 1, "conv")  # [B, 4T, D]
+    x = conv(x, 4, 2, "down0")  # [B, 2T, D]
+    x = conv(x, 4, 2, "down1")  # [B, T, D]
+    pos = self.param("pos", _init(nn.initializers.normal(0.02), None, "embed"),
+                     (self.max_frames, self.features), self.param_dtype)
+    x = x + pos[:frames].astype(self.dtype)
+    return transformer.Transformer(
+        self.num_layers, self.features, self.num_heads, self.head_dim, self.mlp_dim,
+        dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
+        name="transformer")(x, deterministic=deterministic)
+
+
+class StyleEncoder(nn.Module):
+  """A clip's codes [B, T, gh, gw, K] -> (mu, log_sigma), each float32 [B, style_dim].
+
+  Each frame is embedded as a whole (flattened positions, so layout such as camera offset and
+  zoom is visible), passed through an MLP, then averaged over time: the average keeps what is
+  constant over the clip and washes out per-frame detail like mouth shape.
+  """
+  num_codes: int  # codebook size per head
+  code_heads: int  # Memcodes heads K
+  style_dim: int = 16  # latent width
+  embed_dim: int = 16  # per-position code embedding width
+  hidden: int = 256  # MLP width
+  dtype: Dtype = jnp.float32  # compute dtype
+  param_dtype: Dtype = jnp.float32  # parameter dtype
+
+  @nn.compact
+  def __call__(self, codes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    batch, frames = codes.shape[:2]
+    x = FrameEmbed(self.num_codes, self.code_heads, self.embed_dim, self.param_dtype,
+                   name="embed")(codes)  # [B, T, P, e]
+    x = x.reshape(batch, frames, -1).astype(self.dtype)  # [B, T, P*e]
+    x = nn.gelu(_dense(self.hidden, ("mlp", "embed"), name="in", use_bias=True, **kw)(x))
+    x = nn.gelu(_dense(self.hidden, ("embed", "mlp"), name="hidden", use_bias=True, **kw)(x))
+    x = jnp.mean(x, axis=1)  # [B, hidden]
+    # Zero-initialised: the posterior starts at N(0, I), where the KL is zero.
+    out = _dense(2 * self.style_dim, ("embed", None), name="out", use_bias=True,
+                 kernel_init=nn.initializers.zeros_init(), **kw)(x)
+    mu, log_sigma = jnp.split(out.astype(jnp.float32), 2, axis=-1)
+    return mu, log_sigma
+
+
+class Prior(nn.Module):
+  """The NWT prior (see the module docstring for the layout and the decode API)."""
+  decoder: str = "far"  # 'far' (a frame's codes in parallel) | 'mar' (code by code)
+  grid: tuple[int, int] = (8, 7)  # dVAE code grid (gh, gw)
+  code_heads: int = 4  # Memcodes heads K (codes per grid position)
+  num_codes: int = 256  # codebook size per head
+  num_episodes: int = 8  # episode embedding table size
+  max_frames: int = 32  # frames per window (position tables and the KV cache)
+  d_model: int = 256  # width of the audio encoder and the temporal/spatial transformers
+  num_heads: int = 4  # attention heads (all stacks)
+  head_dim: int = 64  # width per attention head (temporal, spatial, audio)
+  mlp_dim: int = 1024  # MLP hidden width (temporal, spatial, audio)
+  temporal_layers: int = 4  # causal blocks over frames (with cross-attention to audio)
+  spatial_layers: int = 1  # bidirectional blocks over a frame's positions (0: none)
+  audio_layers: int = 2  # bidirectional blocks of the audio encoder
+  code_embed_dim: int = 16  # per-position code embedding width (previous-frame input)
+  style_dim: int = 16  # style latent width
+  style_hidden: int = 256  # style encoder MLP width
+  depth_dim: int = 128  # MAR depth transformer width (heads: num_heads of depth_dim/num_heads)
+  depth_layers: int = 2  # MAR depth transformer blocks
+  mel_mean: float = -8.0  # log-mel normalisation offset
+  mel_std: float = 4.0  # log-mel normalisation scale
+  dropout_rate: float = 0.0  # residual dropout in every transformer (rng stream 'dropout')
+  dtype: Dtype = jnp.float32  # compute dtype
+  param_dtype: Dtype = jnp.float32  # parameter dtype (norms always run in float32)
+
+  @property
+  def positions(self) -> int:
+    """P = gh * gw grid positions per frame."""
+    return self.grid[0] * self.grid[1]
+
+  @property
+  def codes_per_frame(self) -> int:
+    """L = P * K codes per frame (the MAR depth sequence length)."""
+    return self.positions * self.code_heads
+
+  def setup(self):
+    if self.decoder not in DECODERS:
+      raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    stack = dict(num_heads=self.num_heads, head_dim=self.head_dim, mlp_dim=self.mlp_dim,
+                 dropout_rate=self.dropout_rate, **kw)
+    d, p, e = self.d_model, self.positions, self.code_embed_dim
+    self.audio_encoder = AudioEncoder(
+        self.d_model, self.audio_layers, max_frames=self.max_frames, mel_mean=self.mel_mean,
+        mel_std=self.mel_std, **stack)
+    self.style_encoder = StyleEncoder(self.num_codes, self.code_heads, self.style_dim,
+                                      self.code_embed_dim, self.style_hidden, **kw)
+    self.episode_embed = nn.Embed(
+        self.num_episodes, d, param_dtype=self.param_dtype,
+        embedding_init=_init(nn.initializers.normal(1.0), None, "embed"))
+    self.audio_proj = _dense(d, ("embed", "mlp"), name="audio_proj", **kw)
+    self.style_proj = _dense(d, (None, "embed"), name="style_proj", **kw)
+    self.time_pos = self.param("time_pos", _init(nn.initializers.normal(0.02), None, "embed"),
+                               (self.max_frames, d), self.param_dtype)
+    self.frame_embed = FrameEmbed(self.num_codes, self.code_heads, e, self.param_dtype)
+    self.bos_frame = self.param("bos_frame", _init(nn.initializers.normal(1.0), None, "embed"),
+                                (p, e), self.param_dtype)
+    self.frame_summary = _dense(d, ("mlp", "embed"), name="frame_summary", **kw)
+    self.temporal = transformer.Transformer(self.temporal_layers, d, cross_attention=True,
+                                            **stack)
+    self.spatial_pos = self.param("spatial_pos",
+                                  _init(nn.initializers.normal(0.02), None, "embed"), (p, d),
+                                  self.param_dtype)
+    self.prev_proj = _dense(d, (None, "embed"), name="prev_proj", **kw)
+    if self.spatial_layers:
+      self.spatial = transformer.Transformer(self.spatial_layers, d, **stack)
+    if self.decoder == "far":
+      self.head_norm = transformer.layer_norm("head_norm", self.param_dtype)
+      # [d, K, V]: fan-in d (K is a batch of K independent heads).
+      self.head = self.param(
+          "head", _init(nn.initializers.lecun_normal(0, -1, (1,)), "embed", None, "vocab"),
+          (d, self.code_heads, self.num_codes), self.param_dtype)
+    else:
+      dd = self.depth_dim
+      self.depth_in = _dense(dd, ("embed", "mlp"), name="depth_in", **kw)
+      self.depth_pos = self.param("depth_pos", _init(nn.initializers.normal(0.02), None, "embed"),
+                                  (self.codes_per_frame, dd), self.param_dtype)
+      # Row k * num_codes + c: code c of head k as the previous token; `depth_bos` before code 0.
+      self.depth_token = nn.Embed(
+          self.code_heads * self.num_codes, dd, param_dtype=self.param_dtype,
+          embedding_init=_init(nn.initializers.normal(1.0), "vocab", "embed"))
+      self.depth_bos = self.param("depth_bos", _init(nn.initializers.normal(1.0), "embed"),
+                                  (dd,), self.param_dtype)
+      self.depth = transformer.Transformer(
+          self.depth_layers, dd, self.num_heads, dd // self.num_heads, 4 * dd,
+          dropout_rate=self.dropout_rate, **kw)
+      self.depth_head = self.param(  # [K, dd, V]: one output layer per head
+          "depth_head", _init(nn.initializers.lecun_normal(1, 2, (0,)), None, "embed", "vocab"),
+          (self.code_heads, dd, self.num_codes), self.param_dtype)
+
+  # --- conditioning ----------------------------------------------------------------------------
+
+  def encode_style(self, codes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Codes [B, T, gh, gw, K] -> (mu, log_sigma), each float32 [B, style_dim]."""
+    return self.style_encoder(codes)
+
+  def encode_context(self, mel: jax.Array, episode: jax.Array, z: jax.Array, *,
+                     deterministic: bool = True) -> dict[str, Any]:
+    """Everything per window that does not depend on codes; compute once before decoding.
+
+    mel [B, 4T, bins], episode [B] or [B, T], z [B, style_dim] -> {'cond': [B, T, d] (audio at
+    frame t + episode(t) + style + time position), 'cross_kv': per temporal layer (k, v), each
+    [B, T, heads, head_dim]}.
+    """
+    audio = self.audio_encoder(mel, deterministic=deterministic)  # [B, T, d]
+    frames = audio.shape[1]
+    episode = per_frame_episode(episode, frames)  # [B, T]
+    cond = (self.audio_proj(audio.astype(self.dtype))
+            + self.episode_embed(episode).astype(self.dtype)
+            + self.style_proj(z.astype(self.dtype))[:, None]
+            + self.time_pos[:frames].astype(self.dtype))
+    return {"cond": cond, "cross_kv": self.temporal.cross_kv(audio)}
+
+  # --- shared frame path -----------------------------------------------------------------------
+
+  def _temporal_inputs(self, cond: jax.Array, prev: jax.Array) -> jax.Array:
+    """cond [B, T, d] + summary of the previous frames' embeddings prev [B, T, P, e]."""
+    batch, frames = prev.shape[:2]
+    flat = prev.reshape(batch, frames, -1).astype(self.dtype)  # [B, T, P*e]
+    return cond + self.frame_summary(flat)
+
+  def _spatial(self, h: jax.Array, prev: jax.Array, deterministic: bool) -> jax.Array:
+    """Temporal outputs h [B, T, d] and previous-frame embeddings [B, T, P, e] -> [B, T, P, d]."""
+    batch, frames, p, _ = prev.shape
+    c = (h.astype(self.dtype)[:, :, None] + self.spatial_pos.astype(self.dtype)
+         + self.prev_proj(prev.astype(self.dtype)))  # [B, T, P, d]
+    if self.spatial_layers:
+      c = c.reshape(batch * frames, p, self.d_model)  # [B*T, P, d]: each frame on its own
+      c = self.spatial(c, deterministic=deterministic)
+      c = c.reshape(batch, frames, p, self.d_model)  # [B, T, P, d]
+    return c
+
+  def _far_logits(self, c: jax.Array) -> jax.Array:
+    """[B, T, P, d] -> float32 logits [B, T, gh, gw, K, V]."""
+    x = self.head_norm(c).astype(self.dtype)
+    logits = jnp.einsum("btpd,dkv->btpkv", x, self.head.astype(self.dtype))
+    return logits.reshape(c.shape[:2] + self.grid + logits.shape[-2:]).astype(jnp.float32)
+
+  def _depth_context(self, c: jax.Array) -> jax.Array:
+    """[B, T, P, d] -> [B, T, L, dd]: each code's input before its previous-token embedding."""
+    x = self.depth_in(c.astype(self.dtype))  # [B, T, P, dd]
+    x = jnp.repeat(x, self.code_heads, axis=2)  # [B, T, P*K, dd]: position p for its K codes
+    return x + self.depth_pos.astype(self.dtype)
+
+  def _mar_logits(self, c: jax.Array, codes: jax.Array, deterministic: bool) -> jax.Array:
+    """Teacher-forced depth stack: [B, T, P, d], codes [B, T, gh, gw, K] -> [B, T, gh, gw, K, V]."""
+    batch, frames = codes.shape[:2]
+    length, k, v = self.codes_per_frame, self.code_heads, self.num_codes
+    flat = codes.reshape(batch, frames, length)  # [B, T, L] raster order, head-minor
+    prev_rows = (jnp.arange(length - 1) % k) * v + flat[..., :-1]  # code j-1 in its head's rows
+    prev = self.depth_token(prev_rows)  # [B, T, L-1, dd]
+    bos = jnp.broadcast_to(self.depth_bos, (batch, frames, 1, self.depth_dim))
+    prev = jnp.concatenate([bos, prev], axis=2)  # [B, T, L, dd]: input j embeds code j-1
+    x = self._depth_context(c) + prev.astype(self.dtype)  # [B, T, L, dd]
+    x = x.reshape(batch * frames, length, self.depth_dim)  # [B*T, L, dd]
+    positions = jnp.arange(length)
+    y = self.depth(x, mask=transformer.causal_mask(positions, positions),
+                   deterministic=deterministic)
+    y = y.reshape(batch, frames, self.positions, k, self.depth_dim)  # [B, T, P, K, dd]
+    logits = jnp.einsum("btpkd,kdv->btpkv", y.astype(self.dtype),
+                        self.depth_head.astype(self.dtype))
+    return logits.reshape((batch, frames) + self.grid + (k, v)).astype(jnp.float32)
+
+  def _shifted_frames(self, codes: jax.Array) -> jax.Array:
+    """Codes [B, T, gh, gw, K] -> embeddings of the previous frame [B, T, P, e] (BOS at t=0)."""
+    emb = self.frame_embed(codes)  # [B, T, P, e]
+    bos = jnp.broadcast_to(self.bos_frame, (emb.shape[0], 1) + self.bos_frame.shape)
+    return jnp.concatenate([bos, emb[:, :-1]], axis=1)
+
+  # --- teacher forcing -------------------------------------------------------------------------
+
+  def __call__(self, codes: jax.Array, mel: jax.Array, episode: jax.Array, *, train: bool,
+               z: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """codes [B, T, gh, gw, K], mel [B, 4T, bins], episode [B] | [B, T] -> (logits, aux).
+
+    logits are float32 [B, T, gh, gw, K, num_codes]; the logits of frame t (MAR: of code j of
+    frame t) depend only on codes before it. z defaults to a posterior sample (train; rng stream
+    'style') or its mean (eval); pass z to condition on another latent.
+    """
+    if codes.shape[2:] != self.grid + (self.code_heads,):
+      raise ValueError(f"codes {codes.shape} do not match grid {self.grid} x {self.code_heads}")
+    if mel.shape[1] != MEL_FRAMES_PER_FRAME * codes.shape[1]:
+      raise ValueError(f"mel {mel.shape} does not cover {codes.shape[1]} frames")
+    mu, log_sigma = self.encode_style(codes)
+    if z is None:
+      # Reparameterised posterior sample in training; its mean at evaluation.
+      noise = jax.random.normal(self.make_rng("style"), mu.shape) if train else 0.0
+      z = mu + jnp.exp(log_sigma) * noise
+    deterministic = not train
+    context = self.encode_context(mel, episode, z, deterministic=deterministic)
+    prev = self._shifted_frames(codes)  # [B, T, P, e]
+    x = self._temporal_inputs(context["cond"], prev)  # [B, T, d]
+    frames = jnp.arange(codes.shape[1])
+    h = self.temporal(x, mask=transformer.causal_mask(frames, frames),
+                      cross_kv=context["cross_kv"], deterministic=deterministic)
+    c = self._spatial(h, prev, deterministic)  # [B, T, P, d]
+    if self.decoder == "far":
+      logits = self._far_logits(c)
+    else:
+      logits = self._mar_logits(c, codes, deterministic)
+    kl = jnp.mean(losses.gaussian_kl(mu, log_sigma))
+    return logits, {"kl": kl, "mu": mu, "log_sigma": log_sigma, "z": z}
+
+  # --- incremental decoding --------------------------------------------------------------------
+
+  def init_cache(self, batch: int) -> dict[str, transformer.Cache]:
+    """Zero KV caches for one window (works on an unbound module: no parameters needed).
+
+    {'temporal': temporal_layers x {'k','v'} [B, max_frames, heads, head_dim]} and, for MAR,
+    {'depth': depth_layers x {'k','v'} [B, L, heads, depth_dim / heads]}.
+    """
+    cache = {"temporal": transformer.init_cache(
+        self.temporal_layers, batch, self.max_frames, self.num_heads, self.head_dim, self.dtype)}
+    if self.decoder == "mar":
+      cache["depth"] = transformer.init_cache(
+          self.depth_layers, batch, self.codes_per_frame, self.num_heads,
+          self.depth_dim // self.num_heads, self.dtype)
+    return cache
+
+  def _frame_step(self, context, prev_codes, t, cache):
+    """Temporal step for frame t (from frame t-1's codes) -> ([B, 1, P, d], cache)."""
+    emb = self.frame_embed(prev_codes[:, None])  # [B, 1, P, e]
+    prev = jnp.where(t == 0, self.bos_frame.astype(emb.dtype), emb)
+    cond = jax.lax.dynamic_slice_in_dim(context["cond"], t, 1, axis=1)  # [B, 1, d]
+    x = self._temporal_inputs(cond, prev)  # [B, 1, d]
+    h, temporal_cache = self.temporal.decode(x, cache["temporal"], t, context["cross_kv"])
+    return self._spatial(h, prev, True), {**cache, "temporal": temporal_cache}
+
+  def far_frame_step(self, context: dict[str, Any], prev_codes: jax.Array, t: jax.Array,
+                     cache: dict[str, transformer.Cache]
+                     ) -> tuple[jax.Array, dict[str, transformer.Cache]]:
+    """FAR: frame t-1's codes [B, gh, gw, K] -> (logits of frame t [B, gh, gw, K, V], cache)."""
+    if self.decoder != "far":
+      raise ValueError("far_frame_step needs decoder='far'")
+    c, cache = self._frame_step(context, prev_codes, t, cache)
+    return self._far_logits(c)[:, 0], cache
+
+  def mar_frame_step(self, context: dict[str, Any], prev_codes: jax.Array, t: jax.Array,
+                     cache: dict[str, transformer.Cache]
+                     ) -> tuple[jax.Array, dict[str, transformer.Cache]]:
+    """MAR: frame t-1's codes [B, gh, gw, K] -> (frame t's depth inputs [B, L, dd], cache)."""
+    if self.decoder != "mar":
+      raise ValueError("mar_frame_step needs decoder='mar'")
+    c, cache = self._frame_step(context, prev_codes, t, cache)
+    return self._depth_context(c)[:, 0], cache
+
+  def mar_code_step(self, frame_ctx: jax.Array, prev_code: jax.Array, j: jax.Array,
+                    cache: dict[str, transformer.Cache]
+                    ) -> tuple[jax.Array, dict[str, transformer.Cache]]:
+    """MAR: code j-1 of the frame [B] (ignored at j=0) -> (logits of code j [B, V], cache)."""
+    if self.decoder != "mar":
+      raise ValueError("mar_code_step needs decoder='mar'")
+    k, v = self.code_heads, self.num_codes
+    prev = self.depth_token(((j - 1) % k) * v + prev_code)  # [B, dd]
+    prev = jnp.where(j == 0, self.depth_bos, prev)
+    x_j = jax.lax.dynamic_slice_in_dim(frame_ctx, j, 1, axis=1)  # [B, 1, dd]
+    x = x_j + prev[:, None].astype(self.dtype)
+    y, depth_cache = self.depth.decode(x, cache["depth"], j)  # [B, 1, dd]
+    head = self.depth_head[j % k].astype(self.dtype)  # [dd, V]: code j belongs to head j % K
+    logits = jnp.einsum("bd,dv->bv", y[:, 0].astype(self.dtype), head)
+    return logits.astype(jnp.float32), {**cache, "depth": depth_cache}
+
+
+def num_params(params: Any) -> int:
+  """Total parameter count of a (possibly boxed or abstract) parameter tree."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(params)))

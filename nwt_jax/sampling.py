@@ -1,0 +1,205 @@
+"""Autoregressive sampling of Memcode indices with `jax.lax.scan` and a preallocated KV cache.
+
+The loops are pure functions of step functions (after flax's lm1b `temperature_sampler` and
+gemma's sampler), so a stub model can drive them in tests:
+
+  * `sample_frames(frame_to_logits, cache, rng, prompt, num_prompt_frames, options)` (FAR): one
+    scan step per frame, `frame_to_logits(prev_frame [B, *F], t, cache) -> (logits [B, *F, V],
+    cache)`.
+  * `sample_frames_by_code(frame_to_context, code_to_logits, ...)` (MAR): a scan over frames with
+    a scan over the frame's L codes inside, `frame_to_context(prev_frame [B, L], t, cache) ->
+    (ctx, cache)` and `code_to_logits(ctx, prev_code [B], j, cache) -> (logits [B, V], cache)`.
+
+Frames t < num_prompt_frames are copied from `prompt` instead of sampled (their steps still run, so
+the cache sees them): a long audio is decoded as fixed-size windows whose first frames repeat the
+end of the previous window, each window reusing the same compiled function and the same (donated)
+cache, so memory and compilation do not grow with the audio's length.
+
+`sample_prior` binds these loops to `nwt_jax.models.prior.Prior`; `make_sampler` jits it once:
+
+    sampler = make_sampler(model, SamplingOptions(temperature=0.9, top_k=50))
+    cache = model.init_cache(batch)
+    codes, cache = sampler(params, mel, episode, z, rng, cache, prompt, num_prompt_frames)
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from nwt_jax.models import prior as prior_lib
+
+PyTree = Any
+FrameToLogits = Callable[[jax.Array, jax.Array, PyTree], tuple[jax.Array, PyTree]]
+FrameToContext = Callable[[jax.Array, jax.Array, PyTree], tuple[PyTree, PyTree]]
+CodeToLogits = Callable[[PyTree, jax.Array, jax.Array, PyTree], tuple[jax.Array, PyTree]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+  """How a code is drawn from its logits (hashable: a static part of the jitted sampler)."""
+  temperature: float = 1.0  # softmax temperature; 0 draws the argmax (greedy)
+  top_k: int = 0  # sample among the k most likely codes only (0: no cut)
+  top_p: float = 1.0  # sample among the fewest codes holding this much probability (1: no cut)
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def sample_logits(rng: jax.Array, logits: jax.Array, options: SamplingOptions) -> jax.Array:
+  """Draws int32 codes [...] from logits [..., V] with temperature, top-k and top-p cuts."""
+  logits = logits.astype(jnp.float32)
+  if options.temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / options.temperature
+  floor = jnp.finfo(jnp.float32).min
+  if options.top_k:
+    kth = jax.lax.top_k(logits, options.top_k)[0][..., -1:]  # [..., 1]
+    logits = jnp.where(logits < kth, floor, logits)
+  if options.top_p < 1:
+    ordered = jnp.sort(logits, axis=-1)[..., ::-1]  # [..., V] descending
+    cumulative = jnp.cumsum(jax.nn.softmax(ordered, axis=-1), axis=-1)
+    # Keep every code up to and including the first at which the cumulative mass reaches top_p.
+    cut = jnp.sum(cumulative < options.top_p, axis=-1, keepdims=True)  # [..., 1]
+    threshold = jnp.take_along_axis(ordered, cut, axis=-1)
+    logits = jnp.where(logits < threshold, floor, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@flax.struct.dataclass
+class FrameLoopState:
+  """What one frame step hands the next."""
+  prev: jax.Array  # int32 [B, *F]: the codes of the last frame
+  cache: PyTree  # the model's KV cache
+
+
+@flax.struct.dataclass
+class CodeLoopState:
+  """What one code step (MAR) hands the next, inside a frame."""
+  prev: jax.Array  # int32 [B]: the last code
+  cache: PyTree  # the model's KV cache
+
+
+def _check_prompt(prompt: jax.Array) -> None:
+  if prompt.ndim < 3 or not jnp.issubdtype(prompt.dtype, jnp.integer):
+    raise ValueError(f"prompt must be int [B, T, ...], got {prompt.dtype}{prompt.shape}")
+
+
+def sample_frames(frame_to_logits: FrameToLogits, cache: PyTree, rng: jax.Array,
+                  prompt: jax.Array, num_prompt_frames: jax.Array | int,
+                  options: SamplingOptions) -> tuple[jax.Array, PyTree]:
+  """FAR: samples every code of a frame at once, frame after frame.
+
+  prompt: int [B, T, *F], the window's frame count T and frame shape F (frames >= the prompt's
+  length are ignored: pass zeros where nothing is known). Returns (int32 codes [B, T, *F], cache).
+  Frame t's draw uses `fold_in(rng, t)`.
+  """
+  _check_prompt(prompt)
+  prompt = prompt.astype(jnp.int32)
+  frames = jnp.moveaxis(prompt, 1, 0)  # [T, B, *F]: scan over the leading axis
+
+  def step(state: FrameLoopState, xs):
+    t, given = xs  # given: [B, *F]
+    logits, cache = frame_to_logits(state.prev, t, state.cache)  # [B, *F, V]
+    drawn = sample_logits(jax.random.fold_in(rng, t), logits, options)  # [B, *F]
+    codes = jnp.where(t < num_prompt_frames, given, drawn)
+    return FrameLoopState(prev=codes, cache=cache), codes
+
+  init = FrameLoopState(prev=jnp.zeros_like(frames[0]), cache=cache)
+  final, codes = jax.lax.scan(step, init, (jnp.arange(frames.shape[0]), frames))
+  return jnp.moveaxis(codes, 0, 1), final.cache  # [T, B, *F] -> [B, T, *F]
+
+
+def sample_frames_by_code(frame_to_context: FrameToContext, code_to_logits: CodeToLogits,
+                          cache: PyTree, rng: jax.Array, prompt: jax.Array,
+                          num_prompt_frames: jax.Array | int,
+                          options: SamplingOptions) -> tuple[jax.Array, PyTree]:
+  """MAR: samples a frame's codes one by one (raster order), frame after frame.
+
+  prompt: int [B, T, L] (the frame's L codes flattened in decoding order). Prompt frames skip
+  their code loop. Returns (int32 codes [B, T, L], cache). Code j of frame t uses
+  `fold_in(fold_in(rng, t), j)`.
+  """
+  _check_prompt(prompt)
+  prompt = prompt.astype(jnp.int32)
+  frames = jnp.moveaxis(prompt, 1, 0)  # [T, B, L]
+  length = frames.shape[-1]
+
+  def code_step(ctx, frame_rng, state: CodeLoopState, j):
+    logits, cache = code_to_logits(ctx, state.prev, j, state.cache)  # [B, V]
+    code = sample_logits(jax.random.fold_in(frame_rng, j), logits, options)  # [B]
+    return CodeLoopState(prev=code, cache=cache), code
+
+  def frame_step(state: FrameLoopState, xs):
+    t, given = xs  # given: [B, L]
+    ctx, cache = frame_to_context(state.prev, t, state.cache)
+
+    def draw(cache):
+      body = functools.partial(code_step, ctx, jax.random.fold_in(rng, t))
+      init = CodeLoopState(prev=jnp.zeros_like(given[:, 0]), cache=cache)
+      final, codes = jax.lax.scan(body, init, jnp.arange(length))  # codes [L, B]
+      return codes.T, final.cache  # [B, L]
+
+    codes, cache = jax.lax.cond(t < num_prompt_frames, lambda c: (given, c), draw, cache)
+    return FrameLoopState(prev=codes, cache=cache), codes
+
+  init = FrameLoopState(prev=jnp.zeros_like(frames[0]), cache=cache)
+  final, codes = jax.lax.scan(frame_step, init, (jnp.arange(frames.shape[0]), frames))
+  return jnp.moveaxis(codes, 0, 1), final.cache  # [T, B, L] -> [B, T, L]
+
+
+def sample_prior(model: prior_lib.Prior, params: PyTree, mel: jax.Array, episode: jax.Array,
+                 z: jax.Array, rng: jax.Array, cache: PyTree, prompt: jax.Array | None = None,
+                 num_prompt_frames: jax.Array | int = 0, *,
+                 options: SamplingOptions = SamplingOptions()) -> tuple[jax.Array, PyTree]:
+  """Samples one window of codes from the prior.
+
+  mel [B, 4T, bins] with T <= model.max_frames; episode [B] or [B, T] (per frame); z
+  [B, style_dim]; cache from `model.init_cache(B)` (any earlier contents are overwritten before
+  they are read, so a window may reuse the last window's cache); prompt int [B, T, gh, gw, K]
+  whose first num_prompt_frames frames are kept (None: no prompt).
+  Returns (int32 codes [B, T, gh, gw, K], cache).
+  """
+  variables = {"params": params}
+  batch, frames = mel.shape[0], mel.shape[1] // prior_lib.MEL_FRAMES_PER_FRAME
+  frame_shape = model.grid + (model.code_heads,)  # (gh, gw, K)
+  if prompt is None:
+    prompt = jnp.zeros((batch, frames) + frame_shape, jnp.int32)
+  if prompt.shape != (batch, frames) + frame_shape:
+    raise ValueError(f"prompt {prompt.shape} != {(batch, frames) + frame_shape}")
+  context = model.apply(variables, mel, episode, z, method=model.encode_context)
+
+  if model.decoder == "far":
+    def frame_to_logits(prev, t, cache):
+      return model.apply(variables, context, prev, t, cache, method=model.far_frame_step)
+    return sample_frames(frame_to_logits, cache, rng, prompt, num_prompt_frames, options)
+
+  def frame_to_context(prev, t, cache):
+    prev = prev.reshape((batch,) + frame_shape)  # [B, L] -> [B, gh, gw, K]
+    return model.apply(variables, context, prev, t, cache, method=model.mar_frame_step)
+
+  def code_to_logits(ctx, prev, j, cache):
+    return model.apply(variables, ctx, prev, j, cache, method=model.mar_code_step)
+
+  flat_prompt = prompt.reshape(batch, frames, -1)  # [B, T, L], raster order, head-minor
+  codes, cache = sample_frames_by_code(frame_to_context, code_to_logits, cache, rng, flat_prompt,
+                                       num_prompt_frames, options)
+  return codes.reshape((batch, frames) + frame_shape), cache  # [B, T, L] -> [B, T, gh, gw, K]
+
+
+def make_sampler(model: prior_lib.Prior, options: SamplingOptions = SamplingOptions()):
+  """`sample_prior` bound to a model and options, jitted once, its cache argument donated.
+
+  Call as sampler(params, mel, episode, z, rng, cache, prompt, num_prompt_frames); windows of the
+  same shapes reuse one compilation (num_prompt_frames is traced).
+  """
+  return jax.jit(functools.partial(sample_prior, model, options=options),
+                 donate_argnames=("cache",))

@@ -1,0 +1,265 @@
+"""The prior: shapes, causality by perturbation, cached decoding, style latent, episodes, names."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nwt_jax import losses
+from nwt_jax import sharding
+from nwt_jax.models import prior
+
+# Tiny dims keep the tests fast; the grid is 3x2 positions x 2 heads (L = 12 codes per frame).
+SMALL = dict(grid=(3, 2), code_heads=2, num_codes=16, num_episodes=3, max_frames=6, d_model=32,
+             num_heads=2, head_dim=16, mlp_dim=64, temporal_layers=2, spatial_layers=1,
+             audio_layers=1, code_embed_dim=8, style_dim=16, style_hidden=32, depth_dim=32,
+             depth_layers=2)
+# A paper-scale prior: 256x224 frames, Mem8 grid (8x7), 8 heads, 1024 codes.
+PAPER = dict(grid=(8, 7), code_heads=8, num_codes=1024, num_episodes=8, max_frames=64,
+             d_model=1024, num_heads=16, head_dim=64, mlp_dim=4096, temporal_layers=12,
+             spatial_layers=4, audio_layers=6, code_embed_dim=64, style_dim=32, style_hidden=1024,
+             depth_dim=512, depth_layers=4)
+B, T = 2, 4
+
+
+def _key(seed):
+  # 'rbg' keys compile far faster than threefry ones on CPU.
+  return jax.random.key(seed, impl="rbg")
+
+
+def _batch(seed=0, frames=T, **overrides):
+  cfg = {**SMALL, **overrides}
+  rng = np.random.default_rng(seed)
+  codes = rng.integers(0, cfg["num_codes"], (B, frames) + cfg["grid"] + (cfg["code_heads"],))
+  mel = rng.normal(-8.0, 4.0, (B, 4 * frames, 80))
+  episode = rng.integers(0, cfg["num_episodes"], (B, frames))
+  return (jnp.asarray(codes, jnp.int32), jnp.asarray(mel, jnp.float32),
+          jnp.asarray(episode, jnp.int32))
+
+
+@functools.lru_cache(maxsize=None)
+def _model_and_params(decoder):
+  model = prior.Prior(decoder=decoder, **SMALL)
+  params = jax.jit(functools.partial(model.init, train=False))(_key(0), *_batch())["params"]
+  return model, nn.unbox(params)
+
+
+def _z(seed=3):
+  return jax.random.normal(_key(seed), (B, SMALL["style_dim"]))
+
+
+@pytest.mark.parametrize("decoder", ["far", "mar"])
+def test_logits_shape_and_aux(decoder):
+  model, params = _model_and_params(decoder)
+  logits, aux = model.apply({"params": params}, *_batch(), train=True,
+                            rngs={"style": _key(1)})
+  assert logits.shape == (B, T, 3, 2, 2, 16) and logits.dtype == jnp.float32
+  assert np.all(np.isfinite(logits))
+  assert aux["mu"].shape == aux["log_sigma"].shape == aux["z"].shape == (B, 16)
+  assert aux["kl"].shape == ()
+
+
+@pytest.mark.parametrize("decoder", ["far", "mar"])
+def test_causality_by_perturbation(decoder):
+  """Changing code i changes no logit at or before i (FAR: of frames <= its frame), some later.
+
+  z is held fixed: in training it is the clip's posterior, which sees the whole clip by design.
+  """
+  model, params = _model_and_params(decoder)
+  codes, mel, episode = _batch()
+  z = _z()
+  apply = jax.jit(lambda c: model.apply({"params": params}, c, mel, episode, train=False, z=z)[0])
+  base = apply(codes)
+  length = codes[0, 0].size  # codes per frame
+  flat = codes.reshape(B, T * length)
+  for i in range(T * length):
+    bumped = flat.at[:, i].set((flat[:, i] + 1) % SMALL["num_codes"]).reshape(codes.shape)
+    delta = np.abs(np.asarray(apply(bumped) - base)).max(axis=(0, -1)).reshape(-1)  # [T*L]
+    last_unaffected = (i // length + 1) * length if decoder == "far" else i + 1
+    np.testing.assert_array_equal(delta[:last_unaffected], 0.0, err_msg=f"code {i}")
+    if last_unaffected < T * length:
+      assert delta[last_unaffected:].max() > 1e-4, f"code {i} changes no later logit"
+    if decoder == "mar" and i % length < length - 1:
+      assert delta[i + 1] > 1e-4, f"code {i} does not reach the next code of its frame"
+
+
+def _teacher_forced_by_steps(model, params, codes, mel, episode, z):
+  """Logits of every code through the KV-cache decode path, fed the true previous codes."""
+  v = {"params": params}
+  context = model.apply(v, mel, episode, z, method=model.encode_context)
+  cache = model.init_cache(B)
+  frame_step = jax.jit(functools.partial(
+      model.apply, v, method=model.far_frame_step if model.decoder == "far"
+      else model.mar_frame_step))
+  code_step = jax.jit(functools.partial(model.apply, v, method=model.mar_code_step))
+  prev = jnp.zeros_like(codes[:, 0])
+  out = []
+  for t in range(codes.shape[1]):
+    result, cache = frame_step(context, prev, t, cache)
+    if model.decoder == "far":
+      out.append(result)
+    else:
+      flat = codes[:, t].reshape(B, -1)  # [B, L] in decoding order
+      prev_code = jnp.zeros((B,), jnp.int32)
+      frame = []
+      for j in range(flat.shape[1]):
+        logits, cache = code_step(result, prev_code, j, cache)
+        frame.append(logits)
+        prev_code = flat[:, j]
+      out.append(jnp.stack(frame, axis=1).reshape(codes[:, t].shape + (-1,)))
+    prev = codes[:, t]
+  return jnp.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("decoder", ["far", "mar"])
+def test_cached_decoding_equals_teacher_forcing(decoder):
+  model, params = _model_and_params(decoder)
+  codes, mel, episode = _batch(seed=1, frames=SMALL["max_frames"])
+  z = _z()
+  full, _ = model.apply({"params": params}, codes, mel, episode, train=False, z=z)
+  stepped = _teacher_forced_by_steps(model, params, codes, mel, episode, z)
+  np.testing.assert_allclose(stepped, full, atol=1e-5, rtol=1e-5)
+
+
+def test_per_frame_episode_changes_only_that_frame_onwards():
+  model, params = _model_and_params("far")
+  codes, mel, episode = _batch()
+  apply = jax.jit(lambda e: model.apply({"params": params}, codes, mel, e, train=False,
+                                        z=_z())[0])
+  switched = episode.at[:, 2].set((episode[:, 2] + 1) % SMALL["num_episodes"])
+  delta = np.abs(np.asarray(apply(switched) - apply(episode))).max(axis=(0, 2, 3, 4, 5))  # [T]
+  np.testing.assert_array_equal(delta[:2], 0.0)
+  assert np.all(delta[2:] > 1e-4)
+  # One id per clip is the same as that id repeated over the frames.
+  np.testing.assert_array_equal(apply(episode[:, 0]), apply(jnp.repeat(episode[:, :1], T, 1)))
+
+
+def test_gaussian_kl():
+  zeros = jnp.zeros((3, 16))
+  np.testing.assert_array_equal(losses.gaussian_kl(zeros, zeros), np.zeros(3))
+  mu = np.array([[0.5, -1.0]])
+  log_sigma = np.array([[0.2, -0.3]])
+  sigma2 = np.exp(2 * log_sigma)
+  want = 0.5 * np.sum(mu ** 2 + sigma2 - 1 - np.log(sigma2), axis=-1)
+  np.testing.assert_allclose(losses.gaussian_kl(mu, log_sigma), want, rtol=1e-6)
+
+
+def test_code_cross_entropy_with_and_without_label_smoothing():
+  logits = jnp.log(jnp.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
+  codes = jnp.array([0, 1])
+  np.testing.assert_allclose(losses.code_cross_entropy(logits, codes),
+                             -np.log([0.7, 0.1]), rtol=1e-6)
+  smoothed = losses.code_cross_entropy(logits, codes, label_smoothing=0.3)
+  target = 0.7 * np.eye(3)[[0, 1]] + 0.1
+  np.testing.assert_allclose(smoothed, -np.sum(target * np.asarray(logits), -1), rtol=1e-6)
+
+
+def test_style_path_kl_at_init_eval_mean_and_train_sample():
+  model, params = _model_and_params("far")
+  codes, mel, episode = _batch()
+  _, aux = model.apply({"params": params}, codes, mel, episode, train=False)
+  # The style head starts at zero: mu = 0, log_sigma = 0, so the KL is exactly zero.
+  assert float(aux["kl"]) == 0.0
+  # Give the posterior some mean and spread.
+  out = params["style_encoder"]["out"]
+  kernel = jax.random.normal(_key(7), out["kernel"].shape) * 0.3
+  params = {**params, "style_encoder": {**params["style_encoder"],
+                                        "out": {**out, "kernel": kernel}}}
+  apply = jax.jit(lambda rng, train: model.apply(
+      {"params": params}, codes, mel, episode, train=train, rngs={"style": rng})[1],
+      static_argnums=1)
+  eval1, eval2 = apply(_key(1), False), apply(_key(2), False)
+  np.testing.assert_array_equal(eval1["z"], eval1["mu"])
+  np.testing.assert_array_equal(eval1["z"], eval2["z"])
+  assert np.abs(eval1["mu"]).max() > 1e-3
+  assert float(eval1["kl"]) > 0
+  train1, train2 = apply(_key(1), True), apply(_key(2), True)
+  np.testing.assert_array_equal(train1["mu"], eval1["mu"])
+  assert not np.allclose(train1["z"], train2["z"])
+  noise = (train1["z"] - train1["mu"]) / np.exp(train1["log_sigma"])
+  assert 0.5 < np.std(noise) < 1.5
+
+
+def _abstract_params(**cfg):
+  model = prior.Prior(**cfg)
+  codes = jax.ShapeDtypeStruct((1, cfg["max_frames"]) + cfg["grid"] + (cfg["code_heads"],),
+                               jnp.int32)
+  mel = jax.ShapeDtypeStruct((1, 4 * cfg["max_frames"], 80), jnp.float32)
+  episode = jax.ShapeDtypeStruct((1,), jnp.int32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), _key(0), codes, mel,
+                             episode)
+  logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, codes, mel,
+                          episode)[0]
+  return variables["params"], logits
+
+
+def _stack_params(layers, d, heads, head_dim, mlp, cross=False):
+  block = 4 * d * heads * head_dim + 2 * d * mlp + 4 * d  # attention, MLP, two norms
+  if cross:
+    block += 4 * d * heads * head_dim + 2 * d  # cross-attention to a d-wide context, its norm
+  return layers * block + 2 * d  # + final norm
+
+
+def _expected_params(decoder, grid, code_heads, num_codes, num_episodes, max_frames, d_model,
+                     num_heads, head_dim, mlp_dim, temporal_layers, spatial_layers, audio_layers,
+                     code_embed_dim, style_dim, style_hidden, depth_dim, depth_layers):
+  """The prior's parameter count, written out from its layout."""
+  d, p, k, v, e, hs = d_model, grid[0] * grid[1], code_heads, num_codes, code_embed_dim, style_hidden
+  audio = (5 * 80 * d + d) + 2 * (4 * d * d + d) + max_frames * d + _stack_params(
+      audio_layers, d, num_heads, head_dim, mlp_dim)
+  style = k * v * e + (p * e * hs + hs) + (hs * hs + hs) + (hs * 2 * style_dim + 2 * style_dim)
+  frame = (num_episodes * d + d * d + style_dim * d + max_frames * d + k * v * e + p * e
+           + p * e * d + p * d + e * d)
+  temporal = _stack_params(temporal_layers, d, num_heads, head_dim, mlp_dim, cross=True)
+  spatial = _stack_params(spatial_layers, d, num_heads, head_dim, mlp_dim) if spatial_layers else 0
+  if decoder == "far":
+    head = 2 * d + d * k * v
+  else:
+    dd = depth_dim
+    head = (d * dd + p * k * dd + k * v * dd + dd + k * dd * v
+            + _stack_params(depth_layers, dd, num_heads, dd // num_heads, 4 * dd))
+  return audio + style + frame + temporal + spatial + head
+
+
+def _assert_all_partitioned(boxed):
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda a: isinstance(a, nn.LogicallyPartitioned))
+  assert leaves
+  for leaf in leaves:
+    assert isinstance(leaf, nn.LogicallyPartitioned), leaf
+    assert len(leaf.names) == leaf.value.ndim, leaf
+
+
+@pytest.mark.parametrize("decoder", ["far", "mar"])
+@pytest.mark.parametrize("size", ["small", "paper"])
+def test_parameter_count_shapes_and_logical_names(decoder, size):
+  cfg = dict(SMALL if size == "small" else PAPER, decoder=decoder)
+  boxed, logits = _abstract_params(**cfg)
+  _assert_all_partitioned(boxed)
+  count = prior.num_params(boxed)
+  assert count == _expected_params(**cfg)
+  assert logits.shape == (1, cfg["max_frames"]) + cfg["grid"] + (cfg["code_heads"],
+                                                                   cfg["num_codes"])
+  if size == "paper":
+    assert 150e6 < count < 400e6, count  # paper scale: d_model 1024, 12 temporal layers
+
+
+def test_sharded_forward_on_8_devices_equals_one_device():
+  """The logical names on parameters and activations are valid under a 2x2x2 mesh."""
+  model, params = _model_and_params("mar")
+  codes, mel, episode = _batch()
+  z = _z()
+  want, _ = model.apply({"params": params}, codes, mel, episode, train=False, z=z)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), sharding.MESH_AXES)
+  boxed, _ = _abstract_params(**SMALL, decoder="mar")
+  param_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh,
+                                               sharding.LOGICAL_AXIS_RULES)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+    sharded = jax.device_put(params, param_sharding)
+    got, _ = jax.jit(lambda p: model.apply({"params": p}, codes, mel, episode, train=False,
+                                           z=z))(sharded)
+  kernel = sharded["temporal"]["block0"]["self_attn"]["query"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model", None)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
