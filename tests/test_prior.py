@@ -17,6 +17,11 @@ SMALL = dict(grid=(3, 2), code_heads=2, num_codes=16, num_episodes=3, max_frames
              num_heads=2, head_dim=16, mlp_dim=64, temporal_layers=2, spatial_layers=1,
              audio_layers=1, code_embed_dim=8, style_dim=16, style_hidden=32, depth_dim=32,
              depth_layers=2)
+# The proposed `tiny` preset (CPU): 64x56 frames -> an 8x7 grid x 4 heads, 512 codes, 32 frames.
+TINY = dict(grid=(8, 7), code_heads=4, num_codes=512, num_episodes=8, max_frames=32, d_model=128,
+            num_heads=4, head_dim=32, mlp_dim=512, temporal_layers=3, spatial_layers=1,
+            audio_layers=2, code_embed_dim=16, style_dim=16, style_hidden=128, depth_dim=64,
+            depth_layers=2)
 # A paper-scale prior: 256x224 frames, Mem8 grid (8x7), 8 heads, 1024 codes.
 PAPER = dict(grid=(8, 7), code_heads=8, num_codes=1024, num_episodes=8, max_frames=64,
              d_model=1024, num_heads=16, head_dim=64, mlp_dim=4096, temporal_layers=12,
@@ -207,7 +212,8 @@ def _expected_params(decoder, grid, code_heads, num_codes, num_episodes, max_fra
                      num_heads, head_dim, mlp_dim, temporal_layers, spatial_layers, audio_layers,
                      code_embed_dim, style_dim, style_hidden, depth_dim, depth_layers):
   """The prior's parameter count, written out from its layout."""
-  d, p, k, v, e, hs = d_model, grid[0] * grid[1], code_heads, num_codes, code_embed_dim, style_hidden
+  d, p, k, v = d_model, grid[0] * grid[1], code_heads, num_codes
+  e, hs = code_embed_dim, style_hidden
   audio = (5 * 80 * d + d) + 2 * (4 * d * d + d) + max_frames * d + _stack_params(
       audio_layers, d, num_heads, head_dim, mlp_dim)
   style = k * v * e + (p * e * hs + hs) + (hs * hs + hs) + (hs * 2 * style_dim + 2 * style_dim)
@@ -233,15 +239,17 @@ def _assert_all_partitioned(boxed):
 
 
 @pytest.mark.parametrize("decoder", ["far", "mar"])
-@pytest.mark.parametrize("size", ["small", "paper"])
+@pytest.mark.parametrize("size", ["small", "tiny", "paper"])
 def test_parameter_count_shapes_and_logical_names(decoder, size):
-  cfg = dict(SMALL if size == "small" else PAPER, decoder=decoder)
+  cfg = dict({"small": SMALL, "tiny": TINY, "paper": PAPER}[size], decoder=decoder)
   boxed, logits = _abstract_params(**cfg)
   _assert_all_partitioned(boxed)
   count = prior.num_params(boxed)
   assert count == _expected_params(**cfg)
   assert logits.shape == (1, cfg["max_frames"]) + cfg["grid"] + (cfg["code_heads"],
                                                                    cfg["num_codes"])
+  if size == "tiny":
+    assert 1e6 < count < 4e6, count  # trains on a 2-core CPU
   if size == "paper":
     assert 150e6 < count < 400e6, count  # paper scale: d_model 1024, 12 temporal layers
 
@@ -263,3 +271,18 @@ def test_sharded_forward_on_8_devices_equals_one_device():
   kernel = sharded["temporal"]["block0"]["self_attn"]["query"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model", None)
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_compute_float32_logits_and_cached_decoding():
+  model, params = _model_and_params("far")
+  bf16 = model.clone(dtype=jnp.bfloat16)
+  codes, mel, episode = _batch(seed=1, frames=SMALL["max_frames"])
+  z = _z()
+  want, _ = model.apply({"params": params}, codes, mel, episode, train=False, z=z)
+  got, _ = bf16.apply({"params": params}, codes, mel, episode, train=False, z=z)
+  assert got.dtype == jnp.float32
+  assert bf16.init_cache(B)["temporal"][0]["k"].dtype == jnp.bfloat16
+  np.testing.assert_allclose(got, want, atol=0.15)
+  assert not np.allclose(got, want, atol=1e-4)  # it did compute in bfloat16
+  stepped = _teacher_forced_by_steps(bf16, params, codes, mel, episode, z)
+  np.testing.assert_allclose(stepped, got, atol=0.15)

@@ -1,4 +1,4 @@
-"""Transformer blocks: masks, causality, KV-cache decoding, logical names, parameter count, dtype."""
+"""Transformer blocks: masks, causality, KV-cache decoding, logical names, param count, dtype."""
 
 import functools
 
