@@ -4,9 +4,10 @@
     python -m nwt_jax.train --config=configs/prior.py:tiny,far --workdir=runs/prior \\
         --config.optim.lr=3e-4          # any config field can be overridden like this
 
-Rerunning the same command resumes from the workdir's latest checkpoint. Multi-process runs
-(TPU VM slices, SLURM, Open MPI, or explicit `--coordinator_address/--num_processes/
---process_id`) call `jax.distributed.initialize` first.
+Rerunning the same command resumes from the workdir's latest checkpoint; SIGTERM checkpoints and
+exits 0. Multi-process runs (`NWT_DISTRIBUTED=1`, multi-task SLURM or Open MPI, multi-host TPU
+VMs, or explicit `--coordinator_address/--num_processes/--process_id`) call
+`jax.distributed.initialize` first.
 """
 
 import importlib
@@ -51,9 +52,11 @@ def trainer(model: str):
 
 
 def _multiprocess_environment() -> bool:
-  """True where the environment launched several processes that must form one JAX system."""
+  """True where the environment launched several processes that must form one JAX system
+  (`NWT_DISTRIBUTED=1`, set by the scripts in launch/, forces it)."""
   env = os.environ
-  return bool(env.get("JAX_COORDINATOR_ADDRESS")
+  return bool(env.get("NWT_DISTRIBUTED") == "1"
+              or env.get("JAX_COORDINATOR_ADDRESS")
               or int(env.get("SLURM_NTASKS", "1")) > 1
               or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
               or "," in env.get("TPU_WORKER_HOSTNAMES", ""))

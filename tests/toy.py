@@ -148,7 +148,8 @@ class RecordingWriter:
 
 def train_and_evaluate(config, workdir):
   """What `nwt_jax.train` calls for `config.model == 'toy'` in the entry-point test."""
-  return train(config, workdir)
+  return train(config, workdir, process_index=jax.process_index(),
+               process_count=jax.process_count())
 
 
 def train(config, workdir, devices=None, writer=None, eval_fn=None, **iterator_kwargs):
