@@ -7,9 +7,9 @@ TEST_WORKERS ?= 2
 
 .PHONY: demo test install clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]' -c constraints.txt
 	touch $@
 
 install: $(VENV)/.installed
