@@ -27,7 +27,7 @@ TINY_SYNTHETIC = nwt_clips.NwtClipsConfig(
 # 1.2 s 24 fps 16 kHz 40x40 (4), bob/silent.mp4 (no audio), bob/broken.webm (random bytes),
 # carol/short.webm 0.2 s (shorter than a clip). talk2.mov hashes into validation.
 TINY_FOLDER = nwt_clips.NwtClipsConfig(
-    name="folder_tiny", source="folder", num_frames=8, height=32, width=28, frame_encoding="jpeg")
+    name="folder_tiny", source="folder", num_frames=8, height=32, width=28)
 
 
 class _TfRecordBuilderTestCase(testing.DatasetBuilderTestCase):
@@ -74,6 +74,8 @@ def test_config_validates_fields():
     nwt_clips.NwtClipsConfig(name="x", frame_encoding="gif")
   with pytest.raises(ValueError, match="validation_fraction"):
     nwt_clips.NwtClipsConfig(name="x", validation_fraction=1.0)
+  assert nwt_clips.NwtClipsConfig(name="x").frame_encoding == "png"
+  assert nwt_clips.NwtClipsConfig(name="x", source="folder").frame_encoding == "jpeg"
 
 
 def test_synthetic_round_trip_equals_the_generator(tmp_path):

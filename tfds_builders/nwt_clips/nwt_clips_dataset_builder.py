@@ -50,7 +50,7 @@ class NwtClipsConfig(tfds.core.BuilderConfig):
   num_frames: int = 32  # T, frames per clip (30 fps)
   height: int = 64  # H of every frame
   width: int = 56  # W of every frame
-  frame_encoding: str = "png"  # 'png' (lossless) | 'jpeg' (quality 95, ~4x smaller)
+  frame_encoding: str = ""  # 'png' | 'jpeg' (q95, ~4x smaller); '': png if synthetic, else jpeg
   num_train_clips: int = 1024  # synthetic: clips in the train split
   num_validation_clips: int = 128  # synthetic: clips in the validation split
   num_episodes: int = synthetic.NUM_EPISODES  # synthetic: labelled episodes drawn from
@@ -63,6 +63,7 @@ class NwtClipsConfig(tfds.core.BuilderConfig):
     for field in ("num_frames", "height", "width", "num_train_clips", "num_validation_clips"):
       if not isinstance(getattr(self, field), int) or getattr(self, field) <= 0:
         raise ValueError(f"{field} must be a positive int, got {getattr(self, field)!r}")
+    self.frame_encoding = self.frame_encoding or ("png" if self.source == "synthetic" else "jpeg")
     if self.frame_encoding not in ("png", "jpeg"):
       raise ValueError(f"frame_encoding must be 'png' or 'jpeg', got {self.frame_encoding!r}")
     if not 1 <= self.num_episodes <= synthetic.NUM_EPISODES:
@@ -82,7 +83,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       NwtClipsConfig(name="synthetic", description="Clips of the synthetic talking head, 64x56."),
       NwtClipsConfig(name="folder", source="folder", height=256, width=224,
-                     frame_encoding="jpeg",
                      description="Clips cut from <manual_dir>/<episode>/<video files>, 256x224."),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "synthetic"
