@@ -25,6 +25,32 @@ def make_video(path, *, seconds: float, fps: float = 30, width: int = 32, height
   return os.fspath(path)
 
 
+def make_audio_only(path, *, seconds: float, sample_rate: int = 24000) -> str:
+  """An audio-only file (e.g. AAC in mp4) of a sine tone."""
+  subprocess.run([video_io.ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+                  "-i", f"sine=frequency=440:sample_rate={sample_rate}:duration={seconds}",
+                  "-c:a", "aac", os.fspath(path)], check=True, capture_output=True)
+  return os.fspath(path)
+
+
+def truncate(source, path, *, index_first: bool) -> str:
+  """The first half of an mp4: unreadable when its index (moov) comes last, readable up to the
+  cut when it comes first."""
+  source = os.fspath(source)
+  if index_first:
+    moved = os.fspath(path) + ".faststart.mp4"
+    subprocess.run([video_io.ffmpeg_exe(), "-loglevel", "error", "-y", "-i", source, "-c", "copy",
+                    "-movflags", "+faststart", moved], check=True, capture_output=True)
+    source = moved
+  with open(source, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+  if index_first:
+    os.remove(source)
+  return os.fspath(path)
+
+
 def write_wav(path, audio: np.ndarray, sample_rate: int) -> str:
   """int16 PCM WAV from float audio [N] or [N, channels]."""
   import wave  # pylint: disable=g-import-not-at-top

@@ -1,5 +1,6 @@
 """The nwt_clips TFDS builder: both configs, skip accounting, clear errors, Beam == plain."""
 
+import collections
 import os
 import pathlib
 import subprocess
@@ -109,8 +110,15 @@ def manual_dir(tmp_path_factory):
        tone_hz=700)  # 42 frames: 5 clips
   make(root / "ep_b/noaudio.mp4", seconds=1.0, sample_rate=None)
   (root / "ep_b/corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4000))
+  (root / "ep_b/empty.mp4").write_bytes(b"")
+  media_fixtures.truncate(root / "ep_a/clip25.mp4", root / "ep_b/cut_index_last.mp4",
+                          index_first=False)  # unreadable
+  media_fixtures.truncate(root / "ep_a/clip25.mp4", root / "ep_b/cut_index_first.mp4",
+                          index_first=True)  # readable up to the cut
   make(root / "ep_c/short.webm", seconds=0.2, sample_rate=48000, codec="libvpx-vp9")
+  media_fixtures.make_audio_only(root / "ep_c/audio_only.mp4", seconds=2.0)
   (root / "notes.txt").write_text("not a video")
+  (root / "ep_c" / "notes.txt").write_text("not a video either")
   return root
 
 
@@ -128,17 +136,19 @@ def test_folder_config_clips_rates_and_skips(folder_build, manual_dir):
   builder = folder_build
   assert builder.info.features["episode"].names == ["ep_a", "ep_b", "ep_c"]
   assert builder.info.metadata["build_summary"] == {
-      "files": 6, "files_used": 3, "skipped_no_video": 0, "skipped_no_audio": 1,
-      "skipped_decode_error": 1, "skipped_too_short": 1, "partial_decode": 0,
+      "files": 10, "files_used": 4, "skipped_no_video": 1, "skipped_no_audio": 1,
+      "skipped_decode_error": 3, "skipped_too_short": 1, "partial_decode": 0,
       "clips_train": builder.info.splits["train"].num_examples,
       "clips_validation": builder.info.splits["validation"].num_examples}
   examples = _examples(builder, "train") + _examples(builder, "validation")
   by_file = {}
   for example in examples:
     by_file.setdefault(example["source"].decode(), []).append(example)
-  # Clip counts follow from 30 fps (25 fps unconverted would give 6 clips, not 7).
-  assert {k: len(v) for k, v in by_file.items()} == {
-      "ep_a/clip25.mp4": 7, "ep_a/clip30.mov": 3, "ep_b/clip24.mkv": 5}
+  # Clip counts follow from 30 fps (25 fps unconverted would give 6 clips, not 7); a file cut
+  # in half keeps the whole clips before the cut.
+  counts = {k: len(v) for k, v in by_file.items()}
+  assert 0 < counts.pop("ep_b/cut_index_first.mp4") < 7
+  assert counts == {"ep_a/clip25.mp4": 7, "ep_a/clip30.mov": 3, "ep_b/clip24.mkv": 5}
   # A video's clips never straddle splits.
   train_files = {e["source"] for e in _examples(builder, "train")}
   assert train_files and train_files.isdisjoint(e["source"] for e in _examples(builder,
@@ -211,3 +221,26 @@ def test_beam_build_equals_plain_build(folder_build, manual_dir, tmp_path):
       assert a.keys() == b.keys()
       for key in a:
         np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+
+
+def test_decoding_errors_after_the_header_check_are_counted(manual_dir, monkeypatch):
+  """Errors only decoding finds: before the first clip -> a skip; later -> clips kept."""
+  good = (0, "ep_a", manual_dir / "ep_a" / "clip30.mov")
+  real_iter_video = video_io.iter_video
+
+  def failing_after(num_chunks):
+    def iter_video(path, **kwargs):
+      chunks = real_iter_video(path, **kwargs)
+      for _ in range(num_chunks):
+        yield next(chunks)
+      raise video_io.VideoIOError(f"{path}: video decoding failed after some frames")
+    return iter_video
+
+  for num_chunks, expected_clips, expected_counts in (
+      (0, 0, {"decode_error": 1}), (2, 2, {"partial_decode": 1, "files_used": 1})):
+    counts = collections.Counter()
+    monkeypatch.setattr(nwt_clips.video_io, "iter_video", failing_after(num_chunks))
+    count = lambda name, value=1: counts.update({name: value})  # pylint: disable=cell-var-from-loop
+    clips = list(nwt_clips.file_examples(good, cfg=FOLDER_PNG, count=count))
+    monkeypatch.undo()
+    assert len(clips) == expected_clips and counts == expected_counts
