@@ -9,7 +9,8 @@ Global batch k is a pure function of (seed, k, dataset): row r is example `order
 stream of epoch permutations (a permutation per epoch, seeded by (seed, epoch)), and its window of
 `frames_per_example` frames starts at an offset drawn from (seed, k, r). So any process count sees
 the same global batches, and process p loads only its rows [p·B/P, (p+1)·B/P) — which needs
-random access by index: the `tfds` source reads an ArrayRecord build through `tfds.data_source`.
+random access by index: the `tfds` source reads an ArrayRecord build (`as_data_source`), and
+decodes only the window's frames.
 
 Sources, same batch format (TEAM.md):
   tfds              a built `nwt_clips` dataset in `data_dir` (TFDS imported lazily, here only).
@@ -17,8 +18,8 @@ Sources, same batch format (TEAM.md):
                     beyond numpy (GPU machines have no TF, TFDS or librosa). Clip i of a split is
                     the same clip the TFDS `synthetic` config writes (`synthetic_clip_seed`).
 
-Batch: video uint8 [B', T', H, W, 3], mel float32 [B', 4T', 80] (log-mel of the whole clip's
-audio, rows [4t, 4t+4) belonging to frame t), episode int32 [B'], truth float32 [B', T', 7] when
+Batch: video uint8 [B', T', H, W, 3], mel float32 [B', 4T', 80] (rows of the whole clip's log-mel,
+rows [4t, 4t+4) belonging to frame t of the window), episode int32 [B'], truth float32 [B', T', 7] when
 the source has it, and mask bool [B'] only for one-pass iterators with drop_remainder=False
 (padding rows are False). B' = batch_size / process_count.
 """
@@ -137,8 +138,7 @@ class TfdsSource:
   def _decode(self, record: bytes) -> dict:
     example = self._features.deserialize_example_np(record, decoders=self._decoders)
     example["video"] = EncodedFrames(example["video"], self._features["video"].feature)
-    example["mel"] = audio_lib.log_mel(example["audio"])
-    return example
+    return example  # no "mel": the window's rows are computed from its audio alone
 
 
 def _keep_encoded_decoder():
@@ -174,6 +174,19 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict, str], object]] = {
     "synthetic_inline": SyntheticSource,
     "tfds": TfdsSource,
 }
+
+
+def mel_rows(audio: np.ndarray, start: int, stop: int) -> np.ndarray:
+  """Rows [start, stop) of `audio_lib.log_mel(audio)`, from only the audio those rows see.
+
+  A row looks N_FFT/2 samples either side of its centre, so the rows' audio plus 3 hops of context
+  gives the same rows (to float rounding, ~5e-7) at a fraction of the cost for a short window.
+  """
+  context = -(-(audio_lib.N_FFT // 2) // audio_lib.HOP_LENGTH)  # 3 hops
+  first = max(0, start - context)
+  begin = first * audio_lib.HOP_LENGTH
+  end = min(len(audio), (stop + context) * audio_lib.HOP_LENGTH)
+  return audio_lib.log_mel(audio[begin:end])[start - first:stop - first]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,8 +265,9 @@ class DataIterator:
       raise ValueError(f"frames_per_example {frames} exceeds the clips' {num_frames} frames")
     t0 = _window_start(self._seed, step, row, num_frames - frames)
     time = slice(t0, t0 + frames)
-    mel = slice(t0 * MEL_FRAMES_PER_FRAME, (t0 + frames) * MEL_FRAMES_PER_FRAME)
-    out = {"video": clip["video"][time], "mel": clip["mel"][mel].astype(np.float32),
+    rows = (t0 * MEL_FRAMES_PER_FRAME, (t0 + frames) * MEL_FRAMES_PER_FRAME)
+    mel = clip["mel"][slice(*rows)] if "mel" in clip else mel_rows(clip["audio"], *rows)
+    out = {"video": clip["video"][time], "mel": mel.astype(np.float32),
            "episode": np.int32(clip["episode"])}
     if "truth" in clip:
       out["truth"] = clip["truth"][time].astype(np.float32)
