@@ -18,9 +18,9 @@ Sources, same batch format (TEAM.md):
                     beyond numpy (GPU machines have no TF, TFDS or librosa). Clip i of a split is
                     the same clip the TFDS `synthetic` config writes (`synthetic_clip_seed`).
 
-Batch: video uint8 [B', T', H, W, 3], mel float32 [B', 4T', 80] (rows of the whole clip's log-mel,
-rows [4t, 4t+4) belonging to frame t of the window), episode int32 [B'], truth float32 [B', T', 7] when
-the source has it, and mask bool [B'] only for one-pass iterators with drop_remainder=False
+Batch: video uint8 [B', T', H, W, 3]; mel float32 [B', 4T', 80], the window's rows of the whole
+clip's log-mel (rows [4t, 4t+4) belong to frame t); episode int32 [B']; truth float32 [B', T', 7]
+when the source has it; mask bool [B'] only for one-pass iterators with drop_remainder=False
 (padding rows are False). B' = batch_size / process_count.
 """
 
