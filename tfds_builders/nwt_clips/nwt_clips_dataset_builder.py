@@ -210,6 +210,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       # tfds loads this module from a path that Beam's workers cannot import: ship its functions
       # and config class by value (workers still need `nwt_jax` installed).
       cloudpickle.register_pickle_by_value(sys.modules[__name__])
+      # Reshuffle: Create emits one bundle; this spreads seeds / files over the workers.
       if files is None:
         return (beam.Create(list(indices)) | beam.Reshuffle()
                 | beam.Map(synthetic_example, split=split, cfg=cfg))
