@@ -1,0 +1,156 @@
+"""Checkpoints: a thin wrapper over orbax's `CheckpointManager`.
+
+A checkpoint at step N holds three items: `state` (the train state after N steps, restorable onto
+any mesh), `data` (the train iterator's position, a small JSON dict) and `config` (the run's config
+as JSON). Saves are asynchronous; orbax writes each into a temporary directory and renames it when
+complete, so an interrupted save is never seen as a checkpoint.
+
+On resume the saved config is compared with the current one first: fields that fix the shapes or
+the meaning of the saved state (model architecture, optimiser, data source, seed) must match, and a
+mismatch is one error naming every differing field. Fields about how long, how often and where a
+run goes may change (`MAY_DIFFER_ON_RESUME`).
+"""
+
+from collections.abc import Iterable, Mapping
+import json
+from typing import Any
+
+from etils import epath
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+# Config fields (dotted prefixes) allowed to differ between a checkpoint and the resuming run.
+MAY_DIFFER_ON_RESUME = (
+    "train",  # num_steps, log/eval/checkpoint cadence, keep_checkpoints, K: how long and how often
+    "mesh",  # checkpoints restore onto any mesh
+    "dtype",  # compute dtype only; parameters are always float32
+    "data.batch_size",  # global batch: changes with the device count
+    "debug",  # fault injection
+)
+
+
+class ConfigMismatchError(ValueError):
+  """The resuming run's config differs from its checkpoint's in a field that must match."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _config_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json_best_effort())
+  return json.loads(json.dumps(config))
+
+
+def check_config_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                            may_differ: Iterable[str] = MAY_DIFFER_ON_RESUME,
+                            where: str = "the checkpoint") -> None:
+  """Raises ConfigMismatchError naming every field outside `may_differ` that differs."""
+  saved, current = _flatten(_config_json(saved)), _flatten(_config_json(current))
+  may_differ = tuple(may_differ)
+  missing = object()
+  diffs = []
+  for key in sorted(saved.keys() | current.keys()):
+    if any(key == f or key.startswith(f + ".") for f in may_differ):
+      continue
+    old, new = saved.get(key, missing), current.get(key, missing)
+    if old != new:
+      show = lambda v: "(absent)" if v is missing else repr(v)
+      diffs.append(f"  {key}: {show(old)} in the checkpoint, {show(new)} now")
+  if diffs:
+    raise ConfigMismatchError(
+        f"The config does not match {where}; these fields fix the saved state's shapes or "
+        "meaning and must be equal:\n" + "\n".join(diffs) + "\nResume with the checkpoint's "
+        "values, or start a new run in another --workdir. (Fields that may change on resume: "
+        + ", ".join(may_differ) + ".)")
+
+
+class Checkpointer:
+  """Saves and restores (state, data position, config) under `<workdir>/checkpoints`."""
+
+  def __init__(self, workdir: str | epath.PathLike,
+               config: ml_collections.ConfigDict | Mapping[str, Any], *,
+               max_to_keep: int | None = None, best_metric: str | None = None,
+               best_mode: str = "min", may_differ: Iterable[str] = MAY_DIFFER_ON_RESUME,
+               async_save: bool = True):
+    """`max_to_keep` latest checkpoints are kept, or, with `best_metric`, the best ones by the
+    metrics passed to `save` (checkpoints saved without metrics are kept as well)."""
+    self.directory = epath.Path(workdir) / "checkpoints"
+    self._config = _config_json(config)
+    self._may_differ = tuple(may_differ)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        best_fn=(lambda metrics: metrics[best_metric]) if best_metric else None,
+        best_mode=best_mode,
+        enable_async_checkpointing=async_save,
+        create=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "data", "config"))
+
+  def latest_step(self) -> int | None:
+    """The newest finalized checkpoint's step (unfinished saves are invisible), or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: Mapping[str, Any],
+           metrics: Mapping[str, float] | None = None) -> bool:
+    """Starts an asynchronous save; returns once the arrays are copied off the devices, so
+    the caller may donate `state` to the next step right away."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=ocp.args.JsonSave(dict(data_state)),
+                              config=ocp.args.JsonSave(self._config))
+    metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
+    return self._manager.save(step, args=args, metrics=metrics, force=True)
+
+  def saved_config(self, step: int | None = None) -> dict[str, Any]:
+    step = self._step_or_latest(step)
+    return self._manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """(state, data position) of `step` (default: latest), laid out as `abstract_state` says.
+
+    `abstract_state` is a tree of `jax.ShapeDtypeStruct`s carrying the target shardings, so a
+    checkpoint from one mesh restores onto any other. The config is checked first.
+    """
+    step = self._step_or_latest(step)
+    check_config_compatible(self.saved_config(step), self._config, may_differ=self._may_differ,
+                            where=f"the checkpoint {self.directory / str(step)}")
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored["state"], restored["data"]
+
+  def _step_or_latest(self, step: int | None) -> int:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No finished checkpoint in {self.directory}.")
+    return step
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager's threads."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """`jax.ShapeDtypeStruct`s of `tree`'s (abstract) leaves with the given shardings."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      tree, shardings)

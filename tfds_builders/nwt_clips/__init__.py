@@ -1,0 +1,1 @@
+"""The nwt_clips TFDS builder (`tfds build tfds_builders/nwt_clips`)."""
