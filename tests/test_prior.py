@@ -231,6 +231,7 @@ def _expected_params(decoder, grid, code_heads, num_codes, num_episodes, max_fra
 
 
 def _assert_all_partitioned(boxed):
+  assert sharding.unnamed_params(boxed) == []
   leaves = jax.tree.leaves(boxed, is_leaf=lambda a: isinstance(a, nn.LogicallyPartitioned))
   assert leaves
   for leaf in leaves:
@@ -260,10 +261,9 @@ def test_sharded_forward_on_8_devices_equals_one_device():
   codes, mel, episode = _batch()
   z = _z()
   want, _ = model.apply({"params": params}, codes, mel, episode, train=False, z=z)
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 2, 2), sharding.MESH_AXES)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "model": 2}, jax.devices()[:8])
   boxed, _ = _abstract_params(**SMALL, decoder="mar")
-  param_sharding = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh,
-                                               sharding.LOGICAL_AXIS_RULES)
+  param_sharding = sharding.logical_shardings(boxed, mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
     sharded = jax.device_put(params, param_sharding)
     got, _ = jax.jit(lambda p: model.apply({"params": p}, codes, mel, episode, train=False,
