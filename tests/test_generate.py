@@ -1,0 +1,241 @@
+"""Generation: controls, windowed decoding with one compilation, the mp4, and bad input.
+
+Models here are small and randomly initialised: these tests pin the mechanics (what is decoded,
+written, refused); quality (lipsync, style, episode accuracy) is measured on trained models by the
+demo and `nwt_jax.evaluate`.
+"""
+
+import functools
+import pathlib
+import wave
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nwt_jax import generate
+from nwt_jax import sampling
+from nwt_jax import synthetic
+from nwt_jax import video_io
+from nwt_jax.models import dvae as dvae_lib
+from nwt_jax.models import prior as prior_lib
+
+H, W = 32, 28  # x4 down-sampling -> an 8x7 grid
+WINDOW = 8
+GREEDY = sampling.SamplingOptions(temperature=0.0)
+
+
+def _key(seed):
+  return jax.random.key(seed, impl="rbg")
+
+
+@functools.lru_cache(maxsize=None)
+def _models(decoder="far", num_episodes=4, grid=(8, 7)) -> generate.Models:
+  dvae = dvae_lib.DVAE(channels=(8, 16, 16), res_blocks=(0, 0, 1), dim=16, num_codes=16,
+                       heads=2, num_episodes=num_episodes, episode_dim=8, norm_groups=4)
+  dvae_params = jax.jit(functools.partial(dvae.init, train=False))(
+      _key(0), jnp.zeros((1, H, W, 3), jnp.uint8), jnp.zeros((1,), jnp.int32))["params"]
+  prior = prior_lib.Prior(decoder=decoder, grid=grid, code_heads=2, num_codes=16,
+                          num_episodes=num_episodes, max_frames=WINDOW, d_model=32, num_heads=2,
+                          head_dim=16, mlp_dim=64, temporal_layers=1, spatial_layers=1,
+                          audio_layers=1, code_embed_dim=4, style_dim=4, style_hidden=16,
+                          depth_dim=16, depth_layers=1)
+  codes = jnp.zeros((1, WINDOW) + grid + (2,), jnp.int32)
+  mel = jnp.zeros((1, 4 * WINDOW, 80), jnp.float32)
+  prior_params = jax.jit(functools.partial(prior.init, train=False))(
+      _key(1), codes, mel, jnp.zeros((1,), jnp.int32))["params"]
+  return generate.Models(dvae, nn.unbox(dvae_params), prior, nn.unbox(prior_params), (H, W))
+
+
+def _speech(seconds, seed=0):
+  audio, _ = synthetic.make_speech(seed, int(seconds * synthetic.SAMPLE_RATE))
+  return audio
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory):
+  """1 s of synthetic speech as a 44.1 kHz stereo wav (resampled and down-mixed on reading)."""
+  path = tmp_path_factory.mktemp("audio") / "speech.wav"
+  speech = _speech(1.0)
+  t = np.arange(44100) / 44100
+  resampled = np.interp(t, np.arange(len(speech)) / synthetic.SAMPLE_RATE, speech)
+  stereo = (np.stack([resampled, 0.5 * resampled], axis=1) * 32767).astype("<i2")
+  with wave.open(str(path), "wb") as f:
+    f.setnchannels(2)
+    f.setsampwidth(2)
+    f.setframerate(44100)
+    f.writeframes(stereo.tobytes())
+  return path
+
+
+# --- controls --------------------------------------------------------------------------------
+
+
+def test_episode_schedule_switches_at_the_given_seconds():
+  episodes = generate.parse_schedule("0:1, 0.5:3", num_frames=30, num_episodes=4)
+  np.testing.assert_array_equal(episodes, [1] * 15 + [3] * 15)
+  assert generate.parse_schedule("0:2", 5, 4).tolist() == [2] * 5
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("", "empty"), ("0-1", "not SECONDS:EPISODE"), ("1:0", "start at 0"),
+    ("0:1,2:2,1:3", "increase"), ("0:4", "out of range"), ("0:x", "not SECONDS:EPISODE")])
+def test_malformed_schedules_are_refused(spec, match):
+  with pytest.raises(generate.GenerateError, match=match):
+    generate.parse_schedule(spec, 30, 4)
+
+
+def test_style_latents():
+  models = _models()
+  z = generate.style_latent(models, "random", seed=3)
+  assert z.shape == (4,) and not np.array_equal(z, generate.style_latent(models, "random", 4))
+  np.testing.assert_array_equal(generate.style_latent(models, "z:0.5,-2,0,1", 0),
+                                [0.5, -2, 0, 1])
+  for spec, match in [("z:1,2", "needs 4"), ("z:a,b,c,d", "numbers"), ("zz", "use random"),
+                      ("z:1,2,3,nan", "finite")]:
+    with pytest.raises(generate.GenerateError, match=match):
+      generate.style_latent(models, spec, 0)
+  traversal = generate.traversal_latents(np.zeros(4, np.float32), 2)
+  np.testing.assert_array_equal(traversal[:, 2], [-2, -1, 0, 1, 2])
+  assert not traversal[:, [0, 1, 3]].any()
+  with pytest.raises(generate.GenerateError, match="out of range"):
+    generate.traversal_latents(np.zeros(4, np.float32), 4)
+
+
+def test_reference_style_is_the_posterior_mean_of_the_clip():
+  models = _models()
+  frames = synthetic.make_clip(5, num_frames=12, height=H, width=W)["video"]
+  z = generate.style_latent(models, "reference:unused", 0, reference_frames=frames)
+  codes = models.dvae.apply({"params": models.dvae_params}, jnp.asarray(frames[:WINDOW])[None],
+                            method=models.dvae.encode)
+  mu, _ = models.prior.apply({"params": models.prior_params}, codes,
+                             method=models.prior.encode_style)
+  np.testing.assert_allclose(z, mu[0], rtol=1e-5, atol=1e-6)
+
+
+# --- windowed decoding -----------------------------------------------------------------------
+
+
+def test_windows_cover_the_audio_with_overlapping_prompts():
+  spans = list(generate.windows(70, 32, 8))
+  assert spans == [(0, 0), (24, 8), (48, 8)]
+  assert list(generate.windows(32, 32, 8)) == [(0, 0)]
+  assert list(generate.windows(5, 32, 8)) == [(0, 0)]
+  with pytest.raises(ValueError):
+    list(generate.windows(10, 8, 8))
+
+
+@pytest.mark.parametrize("decoder", ["far", "mar"])
+def test_long_audio_reuses_one_compilation_and_keeps_its_first_window(decoder):
+  models = _models(decoder)
+  gen = generate.Generator(models, GREEDY, overlap=2)
+  z = np.zeros((1, 4), np.float32)
+  long_mel, frames = generate.audio_features(_speech(1.0))  # 30 frames: 5 windows of 8
+  assert frames == 30 and long_mel.shape == (120, 80)
+  episodes = np.zeros(frames, np.int32)
+  codes = gen.codes(long_mel, episodes, z, seed=0)
+  short = gen.codes(long_mel[:4 * WINDOW], episodes[:WINDOW], z, seed=0)
+  assert gen._sampler._cache_size() == 1  # 5 windows of one audio, 1 of another: one compile
+  assert codes.shape == (1, 30, 8, 7, 2) and codes.min() >= 0 and codes.max() < 16
+  # Greedy: the first window does not depend on what follows it.
+  np.testing.assert_array_equal(codes[:, :WINDOW], short)
+  # Each later window is the model's continuation of the prompt it was given: re-decoding the
+  # window starting at frame 6 with frames 6..7 as the prompt gives the same frames 8..13.
+  cache = models.prior.init_cache(1)
+  mel = jnp.asarray(long_mel[4 * 6:4 * 14])[None]
+  again, _ = gen._sampler(models.prior_params, mel, jnp.zeros((1, WINDOW), jnp.int32),
+                          jnp.asarray(z), jax.random.fold_in(jax.random.key(0), 1), cache,
+                          jnp.asarray(codes[:, 6:14]), jnp.int32(2))
+  np.testing.assert_array_equal(np.asarray(again), codes[:, 6:14])
+
+
+def test_frames_decode_in_chunks_with_per_frame_episodes():
+  models = _models()
+  gen = generate.Generator(models, GREEDY)
+  codes = np.random.default_rng(0).integers(0, 16, (2, 40, 8, 7, 2)).astype(np.int32)
+  episodes = np.array([0] * 20 + [3] * 20, np.int32)
+  frames = gen.frames(codes, episodes)
+  assert frames.shape == (2, 40, H, W, 3) and frames.dtype == np.uint8
+  direct = models.dvae.apply({"params": models.dvae_params}, jnp.asarray(codes[1, 25:27]),
+                             jnp.full((2,), 3), method=models.dvae.decode)
+  expected = np.round((np.clip(np.asarray(direct), -1, 1) + 1) * 127.5)
+  np.testing.assert_allclose(frames[1, 25:27], expected, atol=1)
+  tiled = generate.tile(frames)
+  assert tiled.shape == (40, H, 2 * W, 3)
+  np.testing.assert_array_equal(tiled[:, :, W:], frames[1])
+
+
+# --- the job and its refusals ----------------------------------------------------------------
+
+
+def test_generate_writes_the_video_with_the_audio(wav, tmp_path):
+  out = tmp_path / "out.mp4"
+  result = generate.generate(_models(), generate.Request(
+      str(wav), str(out), episode_schedule="0:0,0.5:2", options=GREEDY))
+  assert result["frames"] == 30 and result["rtf"] > 0
+  np.testing.assert_array_equal(result["episodes"], [0] * 15 + [2] * 15)
+  info = video_io.probe(str(out))
+  assert info.has_audio and (info.height, info.width) == (H, W)
+  assert video_io.read_video(str(out), height=H, width=W).shape[0] == 30
+  assert abs(len(video_io.read_audio(str(out))) / 24000 - 1.0) < 0.05
+
+
+def test_traversal_writes_five_streams_side_by_side(wav, tmp_path):
+  out = tmp_path / "grid.mp4"
+  result = generate.generate(_models(), generate.Request(
+      str(wav), str(out), style="z:0,0,0,0", traverse_dim=1, options=GREEDY))
+  assert result["streams"] == 5 and result["z"][:, 1].tolist() == [-2, -1, 0, 1, 2]
+  assert video_io.probe(str(out)).width == 5 * W
+
+
+def test_silence_is_valid_input(tmp_path):
+  silent = tmp_path / "silence.mp4"
+  video_io.write_video(str(silent), np.zeros((10, 16, 16, 3), np.uint8), fps=30,
+                       audio=np.zeros(8000, np.float32))
+  result = generate.generate(_models(), generate.Request(str(silent), str(tmp_path / "o.mp4")))
+  assert result["frames"] >= 9
+
+
+def _bad_inputs(tmp_path, wav):
+  text = tmp_path / "notes.wav"
+  text.write_text("not audio at all\n")
+  tiny = tmp_path / "tiny.mp4"
+  video_io.write_video(str(tiny), np.zeros((2, 16, 16, 3), np.uint8), fps=30,
+                       audio=np.zeros(300, np.float32))
+  video_only = tmp_path / "video_only.mp4"
+  video_io.write_video(str(video_only), np.zeros((4, 16, 16, 3), np.uint8), fps=30)
+  return {
+      "missing audio": (dict(audio=str(tmp_path / "nope.wav")), "cannot read audio"),
+      "text named .wav": (dict(audio=str(text)), "cannot read audio"),
+      "no audio stream": (dict(audio=str(video_only)), "no audio stream"),
+      "shorter than a frame": (dict(audio=str(tiny)), "shorter than one video frame"),
+      "episode out of range": (dict(episode=4), "out of range"),
+      "malformed schedule": (dict(episode_schedule="0:1;2:2"), "SECONDS:EPISODE"),
+      "malformed z": (dict(style="z:1,2"), "needs 4"),
+      "missing directory": (dict(output=str(tmp_path / "no" / "out.mp4")), "does not exist"),
+  }
+
+
+def test_bad_input_is_one_clear_error_and_no_output(wav, tmp_path):
+  for name, (change, match) in _bad_inputs(tmp_path, wav).items():
+    request = dict(audio=str(wav), output=str(tmp_path / "out.mp4"))
+    request.update(change)
+    with pytest.raises(generate.GenerateError, match=match):
+      generate.generate(_models(), generate.Request(**request))
+    assert not pathlib.Path(request["output"]).exists(), name
+    assert not list(tmp_path.glob("*.partial")), name
+
+
+def test_models_that_do_not_belong_together_are_refused():
+  models = _models()
+  other = _models(num_episodes=3)
+  mixed = generate.Models(models.dvae, models.dvae_params, other.prior, other.prior_params,
+                          (H, W))
+  with pytest.raises(generate.GenerateError, match="num_episodes 4 vs 3"):
+    mixed.check_compatible()
+  wrong_grid = generate.Models(models.dvae, models.dvae_params, models.prior,
+                               models.prior_params, (64, 56))
+  with pytest.raises(generate.GenerateError, match=r"grid \(16, 14\) vs \(8, 7\)"):
+    wrong_grid.check_compatible()
