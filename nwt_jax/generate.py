@@ -212,30 +212,34 @@ class Generator:
 
   def codes(self, mel: np.ndarray, episodes: np.ndarray, z: np.ndarray, seed: int, *,
             progress: bool = False) -> np.ndarray:
-    """mel [4T, 80], episodes [T] int, z [B, style_dim] -> codes int32 [B, T, gh, gw, K]."""
-    num_frames = len(episodes)
+    """Codes int32 [B, T, gh, gw, K] for B streams of T frames.
+
+    mel [4T, 80] or [B, 4T, 80] (per stream), episodes int [T] or [B, T], z [B, style_dim].
+    """
     batch, w = z.shape[0], self.window
     if batch != self.batch:
       raise ValueError(f"z has {batch} rows, the generator was built for {self.batch}")
+    num_frames = np.shape(episodes)[-1]
+    mel = np.broadcast_to(mel, (batch,) + np.shape(mel)[-2:])  # [B, 4T, 80]
+    episodes = np.broadcast_to(episodes, (batch, num_frames))  # [B, T]
+    if mel.shape[1] != MEL_PER_FRAME * num_frames:
+      raise ValueError(f"mel {mel.shape} does not cover {num_frames} frames")
     out = np.zeros((batch, num_frames) + self._frame_shape, np.int32)
     cache = self.models.prior.init_cache(batch)
     rng = jax.random.key(seed)
     # Silence (the log floor) and the last episode pad the final window to the compiled length.
-    mel_pad = np.pad(mel, ((0, MEL_PER_FRAME * w), (0, 0)),
+    mel_pad = np.pad(mel, ((0, 0), (0, MEL_PER_FRAME * w), (0, 0)),
                      constant_values=math.log(audio_lib.LOG_FLOOR))
-    episodes_pad = np.pad(episodes, (0, w), mode="edge")
-    spans = list(windows(num_frames, w, self.overlap))
+    episodes_pad = np.pad(episodes, ((0, 0), (0, w)), mode="edge")
     bar = _progress_bar(num_frames, progress)
-    for index, (start, prompt) in enumerate(spans):
-      window_mel = np.broadcast_to(mel_pad[MEL_PER_FRAME * start:MEL_PER_FRAME * (start + w)],
-                                   (batch, MEL_PER_FRAME * w, mel.shape[1]))
-      window_episode = np.broadcast_to(episodes_pad[start:start + w], (batch, w))
+    for index, (start, prompt) in enumerate(windows(num_frames, w, self.overlap)):
       given = np.zeros((batch, w) + self._frame_shape, np.int32)
       given[:, :prompt] = out[:, start:start + prompt]
-      codes, cache = self._sampler(self.models.prior_params, jnp.asarray(window_mel),
-                                   jnp.asarray(window_episode), jnp.asarray(z),
-                                   jax.random.fold_in(rng, index), cache, jnp.asarray(given),
-                                   jnp.int32(prompt))
+      codes, cache = self._sampler(
+          self.models.prior_params,
+          jnp.asarray(mel_pad[:, MEL_PER_FRAME * start:MEL_PER_FRAME * (start + w)]),
+          jnp.asarray(episodes_pad[:, start:start + w]), jnp.asarray(z),
+          jax.random.fold_in(rng, index), cache, jnp.asarray(given), jnp.int32(prompt))
       stop = min(start + w, num_frames)
       out[:, start + prompt:stop] = np.asarray(codes)[:, prompt:stop - start]
       bar.update(stop - start - prompt)
@@ -243,7 +247,7 @@ class Generator:
     return out
 
   def frames(self, codes: np.ndarray, episodes: np.ndarray) -> np.ndarray:
-    """codes [B, T, gh, gw, K], episodes [T] -> uint8 frames [B, T, H, W, 3]."""
+    """codes [B, T, gh, gw, K], episodes [T] or [B, T] -> uint8 frames [B, T, H, W, 3]."""
     batch, num_frames = codes.shape[:2]
     flat = codes.reshape((-1,) + codes.shape[2:])
     flat_episodes = np.broadcast_to(episodes, (batch, num_frames)).reshape(-1)
