@@ -14,6 +14,7 @@ Readings are what `nwt_jax.probe.probe_predict` returns: a dict of per-frame flo
 """
 
 from collections.abc import Mapping, Sequence
+import time
 
 import numpy as np
 
@@ -275,3 +276,211 @@ def mouth_recoverability(frames: np.ndarray, truth: np.ndarray, episode, *,
   else:
     measured = mouth_area_ratio(frames, truth, episode)
   return pearson(measured, truth[:, TRUTH_KEYS.index("mouth_open")])
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation job: `python -m nwt_jax.evaluate` (and the demo's evaluate stage)
+
+
+def heldout_clips(num_clips: int, num_frames: int, height: int, width: int,
+                  num_episodes: int = synthetic.NUM_EPISODES) -> list[dict]:
+  """Validation-split synthetic clips (seeds no training batch uses), `num_frames` long."""
+  from nwt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return [synthetic.make_clip(input_pipeline.synthetic_clip_seed("validation", i),
+                              num_frames=num_frames, height=height, width=width,
+                              num_episodes=num_episodes)
+          for i in range(num_clips)]
+
+
+def _readings(probe: Probe, frames: np.ndarray) -> list[dict[str, np.ndarray]]:
+  """Probe readings of each stream of frames [B, T, H, W, 3]."""
+  flat = probe_predict(probe, frames.reshape((-1,) + frames.shape[2:]))
+  batch, num_frames = frames.shape[:2]
+  return [{k: v.reshape((batch, num_frames) + v.shape[1:])[i] for k, v in flat.items()}
+          for i in range(batch)]
+
+
+def _mean_style_error(readings, clips) -> float:
+  return float(np.mean([style_error(r, truth_dict(c["truth"]))["mean"]
+                        for r, c in zip(readings, clips)]))
+
+
+def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 0,
+                        options=None, log=print) -> tuple[dict, dict]:
+  """DESIGN §6's generation metrics on held-out clips: lipsync (with the shuffled-audio control
+  and the best offset), style control (copied vs random style, traversal monotonicity), episode
+  control (also after a mid-video switch). Returns (metrics, samples): samples holds the
+  generated frames and their requests, for the demo's report."""
+  from nwt_jax import generate  # pylint: disable=g-import-not-at-top
+  from nwt_jax import sampling  # pylint: disable=g-import-not-at-top
+  options = options or sampling.SamplingOptions()
+  n, num_episodes = len(clips), models.prior.num_episodes
+  mels = np.stack([generate.audio_features(c["audio"].astype(np.float32) / 32768.0)[0]
+                   for c in clips])
+  num_frames = mels.shape[1] // generate.MEL_PER_FRAME
+  own_episode = np.stack([np.full(num_frames, c["episode"], np.int32) for c in clips])
+  copied_z = np.stack([generate.reference_style(models, c["video"]) for c in clips])
+  random_z = np.random.default_rng([seed, 0x2A]).standard_normal(copied_z.shape).astype(
+      np.float32)
+  gen = generate.Generator(models, options, batch=n)
+
+  def run(z, episodes, what):
+    t0 = time.perf_counter()
+    frames = gen.frames(gen.codes(mels, episodes, z, seed), episodes)
+    log(f"evaluate: {what}: {n} x {num_frames} frames in {time.perf_counter() - t0:.1f}s")
+    return frames
+
+  copied = run(copied_z, own_episode, "copied style")
+  randomized = run(random_z, own_episode, "random style")
+  # Episode switch at half time, to another episode for every clip.
+  switched_episode = own_episode.copy()
+  for i in range(n):
+    switched_episode[i, num_frames // 2:] = (clips[i]["episode"] + 1 + i) % num_episodes
+  switched = run(copied_z, switched_episode, "episode switch")
+
+  copied_r, random_r, switched_r = (_readings(probe, f) for f in (copied, randomized, switched))
+  true_mouth = [c["truth"][:, TRUTH_KEYS.index("mouth_open")] for c in clips]
+  sync = lipsync([r["mouth_open"] for r in copied_r], true_mouth)
+  episodes = [episode_accuracy(r["episode_probs"], e) for r, e in zip(copied_r, own_episode)]
+  switches = [episode_accuracy(r["episode_probs"], e)
+              for r, e in zip(switched_r, switched_episode)]
+
+  # Traversals of every style dimension around the mean copied z, one window of one clip.
+  window = min(num_frames, models.prior.max_frames)
+  base = copied_z.mean(axis=0)
+  zs = np.concatenate([generate.traversal_latents(base, d) for d in range(base.shape[0])])
+  steps = len(generate.TRAVERSE_STEPS)
+  trav_gen = generate.Generator(models, options, batch=len(zs))
+  trav_mel, trav_episode = mels[0, :generate.MEL_PER_FRAME * window], own_episode[0, :window]
+  trav_frames = trav_gen.frames(trav_gen.codes(trav_mel, trav_episode, zs, seed), trav_episode)
+  trav_r = _readings(probe, trav_frames)
+  traversals = []
+  for d in range(base.shape[0]):
+    readings = {k: np.stack([trav_r[d * steps + s][k] for s in range(steps)])
+                for k in TRUTH_KEYS}
+    traversals.append(traversal_monotonicity(readings, keys=STYLE_ERROR_KEYS + ("tilt",)))
+  best_dim = int(np.argmax([t["span"][t["controls"]] for t in traversals]))
+
+  metrics = {
+      "lipsync_r": sync["r"], "lipsync_best_offset": sync["best_offset"],
+      "lipsync_shuffled_r": shuffled_lipsync([r["mouth_open"] for r in copied_r], true_mouth),
+      "lipsync_r_random_style": lipsync([r["mouth_open"] for r in random_r], true_mouth)["r"],
+      "style_error_copied": _mean_style_error(copied_r, clips),
+      "style_error_random": _mean_style_error(random_r, clips),
+      "episode_accuracy": float(np.mean([e["accuracy"] for e in episodes])),
+      "episode_accuracy_switched": float(np.mean([e["accuracy"] for e in switches])),
+      "episode_accuracy_after_switch": float(np.mean([e["after_switch_accuracy"]
+                                                      for e in switches])),
+      "traversal_best_dim": best_dim,
+      "traversal_best_controls": traversals[best_dim]["controls"],
+      "traversal_best_spearman": traversals[best_dim]["controls_spearman"],
+      "traversal_best_span": traversals[best_dim]["span"][traversals[best_dim]["controls"]],
+      "traversal_mean_abs_spearman": float(np.nanmean(
+          [abs(t["controls_spearman"]) for t in traversals])),
+      "num_clips": n, "num_frames": num_frames,
+  }
+  samples = {"copied": copied, "random": randomized, "switched": switched,
+             "switched_episode": switched_episode, "own_episode": own_episode,
+             "traversal": trav_frames[best_dim * steps:(best_dim + 1) * steps],
+             "traversal_episode": trav_episode, "mels": mels}
+  return metrics, samples
+
+
+def evaluate_reconstruction(models, clips: list[dict], *, probe: Probe | None = None) -> dict:
+  """dVAE metrics on held-out clips: PSNR/SSIM, per-head code usage, mouth recoverability."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  dvae, params = models.dvae, models.dvae_params
+
+  @jax.jit
+  def roundtrip(frames, episode):
+    indices = dvae.apply({"params": params}, frames, method=dvae.encode)
+    return indices, dvae.apply({"params": params}, indices, episode, method=dvae.decode)
+
+  indices, recon = [], []
+  for clip in clips:
+    i, r = roundtrip(jnp.asarray(clip["video"]), jnp.full(len(clip["video"]), clip["episode"]))
+    indices.append(np.asarray(i))
+    recon.append(np.round((np.clip(np.asarray(r), -1, 1) + 1) * 127.5).astype(np.uint8))
+  originals = np.concatenate([c["video"] for c in clips])
+  recon = np.stack(recon)
+  usage = code_usage(np.concatenate(indices), dvae.num_codes)
+  if probe is not None:
+    mouth = _readings(probe, recon)
+    measured = np.concatenate([m["mouth_open"] for m in mouth])
+  else:
+    measured = np.concatenate([mouth_area_ratio(r, c["truth"], c["episode"])
+                               for r, c in zip(recon, clips)])
+  true_mouth = np.concatenate([c["truth"][:, TRUTH_KEYS.index("mouth_open")] for c in clips])
+  return {"psnr": psnr(originals, recon.reshape(originals.shape)),
+          "ssim": ssim(originals, recon.reshape(originals.shape)),
+          "code_usage_min": float(usage["usage"].min()),
+          "code_usage_mean": float(usage["usage"].mean()),
+          "code_perplexity_mean": float(usage["perplexity"].mean()),
+          "mouth_recoverability_r": pearson(measured, true_mouth)}, recon
+
+
+def load_or_train_probe(path: str, height: int, width: int, *, log=print) -> Probe:
+  """The probe saved at `path`, or a new one trained (about a minute), checked and saved there.
+  Raises UntrustedProbeError if it misses its quality bar."""
+  import os  # pylint: disable=g-import-not-at-top
+  from nwt_jax import probe as probe_lib  # pylint: disable=g-import-not-at-top
+  if path and os.path.exists(path):
+    probe = probe_lib.load_probe(path)
+  else:
+    probe = probe_lib.train_probe(height=height, width=width, log=log)
+  quality = probe_lib.require_trusted(probe)
+  log("probe: held-out r " + ", ".join(f"{k} {v:.3f}" for k, v in quality["r"].items())
+      + f"; episode accuracy {quality['episode_accuracy']:.3f}")
+  if path and not os.path.exists(path):
+    probe_lib.save_probe(probe, path)
+  return probe
+
+
+def main(argv):
+  import json  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from nwt_jax import generate  # pylint: disable=g-import-not-at-top
+  from nwt_jax import probe as probe_lib  # pylint: disable=g-import-not-at-top
+  from nwt_jax import sampling  # pylint: disable=g-import-not-at-top
+  del argv
+  f = flags.FLAGS
+  try:
+    models = generate.load_models(f.dvae_workdir, f.prior_workdir)
+    height, width = models.frame_size
+    probe = load_or_train_probe(f.probe, height, width)
+    clips = heldout_clips(f.num_clips, f.num_frames, height, width, models.prior.num_episodes)
+    metrics, _ = evaluate_reconstruction(models, clips, probe=probe)
+    generation, _ = evaluate_generation(
+        models, probe, clips, seed=f.seed,
+        options=sampling.SamplingOptions(f.temperature, f.top_k, f.top_p))
+  except (generate.GenerateError, probe_lib.UntrustedProbeError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  metrics.update(generation)
+  text = json.dumps(metrics, indent=2, default=float)
+  print(text)
+  if f.output:
+    with open(f.output, "w") as out:
+      out.write(text + "\n")
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("dvae_workdir", None, "Workdir of the trained dVAE.")
+  flags.DEFINE_string("prior_workdir", None, "Workdir of the prior trained on its codes.")
+  flags.DEFINE_string("probe", "", "Probe .npz (trained and saved there if missing; '' = train).")
+  flags.DEFINE_integer("num_clips", 16, "Held-out synthetic clips.")
+  flags.DEFINE_integer("num_frames", 64, "Frames per held-out clip (longer than a window).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+  flags.DEFINE_integer("top_k", 0, "Top-k cut (0: none).")
+  flags.DEFINE_float("top_p", 1.0, "Nucleus mass (1: none).")
+  flags.DEFINE_string("output", "", "Also write the metrics JSON here.")
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)

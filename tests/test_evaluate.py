@@ -235,3 +235,62 @@ def test_mouth_recoverability_by_pixels_follows_the_mouth_and_not_a_shuffled_one
   shuffled[:, 0] = np.random.default_rng(0).permutation(truth[:, 0])
   wrong_mouths = synthetic.render_frames(shuffled, episodes, 64, 56)
   assert abs(evaluate.mouth_recoverability(wrong_mouths, truth, episodes)) < 0.3
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation job, driven by an oracle generator whose answers are known
+
+
+class _Oracle:
+  """Stands in for `generate.Generator`: draws each requested stream from its clip's truth with
+  the requested per-frame episodes and the style z[:3] as (cam_x, cam_y, zoom)."""
+
+  def __init__(self, clips):
+    from nwt_jax import generate
+    self._clips = {generate.audio_features(c["audio"].astype(np.float32) / 32768.0)[0][:4]
+                   .tobytes(): c for c in clips}
+    self._truth = None
+
+  def __call__(self, models, options, batch=1):
+    del models, options, batch
+    return self
+
+  def codes(self, mel, episodes, z, seed):
+    del seed
+    episodes = np.broadcast_to(episodes, (len(z), np.shape(episodes)[-1]))
+    mel = np.broadcast_to(mel, (len(z),) + np.shape(mel)[-2:])
+    truths = []
+    for row in range(len(z)):
+      truth = self._clips[mel[row, :4].tobytes()]["truth"][:episodes.shape[1]].copy()
+      truth[:, [KEYS.index(k) for k in ("cam_x", "cam_y", "zoom")]] = np.clip(z[row, :3], -1, 1)
+      truths.append(truth)
+    self._truth = np.stack(truths)
+    return np.zeros(episodes.shape + (1, 1, 1), np.int32)
+
+  def frames(self, codes, episodes):
+    episodes = np.broadcast_to(episodes, codes.shape[:2])
+    return np.stack([synthetic.render_frames(t, e) for t, e in zip(self._truth, episodes)])
+
+
+def test_evaluation_job_reports_known_answers_for_an_oracle(trained_probe, monkeypatch):
+  import types
+  from nwt_jax import generate
+  clips = evaluate.heldout_clips(6, 48, 64, 56)
+  style_of = {c["video"][0].tobytes(): c["style"] for c in clips}
+  monkeypatch.setattr(generate, "Generator", _Oracle(clips))
+  monkeypatch.setattr(generate, "reference_style",
+                      lambda models, frames: np.pad(style_of[frames[0].tobytes()], (0, 12)))
+  models = types.SimpleNamespace(prior=types.SimpleNamespace(num_episodes=8, max_frames=32))
+  metrics, samples = evaluate.evaluate_generation(models, trained_probe, clips, log=lambda _: 0)
+  # The probe's own ceiling on rendered speech clips is about 0.89 (mouths are mostly near closed).
+  assert metrics["lipsync_r"] > 0.8 and metrics["lipsync_best_offset"] == 0, metrics
+  assert abs(metrics["lipsync_shuffled_r"]) < 0.3, metrics
+  assert metrics["style_error_copied"] < 0.5 * metrics["style_error_random"], metrics
+  assert metrics["episode_accuracy"] > 0.95 and metrics["episode_accuracy_after_switch"] > 0.9
+  # Only z[:3] moves the picture: the best traversal is one of them, monotone in its key.
+  assert metrics["traversal_best_dim"] in (0, 1, 2), metrics
+  assert metrics["traversal_best_controls"] == ("cam_x", "cam_y", "zoom")[
+      metrics["traversal_best_dim"]]
+  assert abs(metrics["traversal_best_spearman"]) > 0.99
+  assert samples["switched"].shape == (6, 48, 64, 56, 3)
+  assert (samples["switched_episode"][:, 24:] != samples["own_episode"][:, 24:]).all()
