@@ -11,8 +11,9 @@ mismatch is one error naming every differing field. Fields about how long, how o
 run goes may change (`MAY_DIFFER_ON_RESUME`).
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 import json
+import os
 from typing import Any
 
 from etils import epath
@@ -154,3 +155,29 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
   """`jax.ShapeDtypeStruct`s of `tree`'s (abstract) leaves with the given shardings."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       tree, shardings)
+
+
+def restore_frozen(workdir: str, model_name: str,
+                   abstract_state: Callable[[ml_collections.ConfigDict], Any],
+                   step: int | None = None) -> tuple[Any, ml_collections.ConfigDict]:
+  """(state, config) of a finished run's checkpoint (`step`, default the latest), on one device.
+
+  For using a trained model (tokenization, generation) rather than resuming it: the config is the
+  one saved with the checkpoint, `abstract_state(config)` gives the state's abstract tree
+  (`jax.eval_shape` of the trainer's init), and `model_name` must be the saved `config.model`.
+  """
+  if "://" not in str(workdir) and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise FileNotFoundError(f"No checkpoints in {workdir}/checkpoints.")
+  with Checkpointer(workdir, {}, async_save=False) as reader:
+    step = reader.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No finished checkpoint in {workdir}/checkpoints.")
+    config = ml_collections.ConfigDict(reader.saved_config(step))
+  if config.get("model") != model_name:
+    raise ValueError(f"{workdir} holds a {config.get('model')!r} run, not a {model_name!r} one.")
+  abstract = abstract_state(config)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with Checkpointer(workdir, config, async_save=False) as reader:
+    state, _ = reader.restore(abstract_like(abstract, jax.tree.map(lambda _: device, abstract)),
+                              step)
+  return state, config

@@ -20,6 +20,7 @@ controls that show the conditioning is used:
 
 import functools
 import json
+import os
 from typing import Any
 
 from absl import logging
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from nwt_jax import checkpoint
 from nwt_jax import losses
 from nwt_jax import sharding
 from nwt_jax import token_pipeline
@@ -36,6 +38,9 @@ from nwt_jax import train_lib
 from nwt_jax.models import prior as prior_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+WORKDIR_MANIFEST = "tokens_manifest.json"  # the tokens' manifest, copied into the workdir
 
 
 def window_frames(config: ml_collections.ConfigDict, manifest: dict) -> int:
@@ -250,6 +255,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None, writ
   options); returns the state."""
   root = token_pipeline.tokens_dir(config)
   manifest = token_pipeline.read_manifest(root)
+  if jax.process_index() == 0:  # the workdir then holds all that generation needs
+    os.makedirs(workdir, exist_ok=True)
+    token_pipeline.write_json_atomic(os.path.join(workdir, WORKDIR_MANIFEST), manifest)
   built = setup(config, manifest, devices, compiler_options)
   logging.info("Prior (%s) on tokens %s: grid %s x %d heads, %d codes, %d episodes; %.2fM "
                "parameters.", config.prior.decoder, root, manifest["grid"],
@@ -273,6 +281,27 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None, writ
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_lib.TrainState:
   """What `python -m nwt_jax.train` calls for `config.model == 'prior'`."""
   return train(config, workdir)
+
+
+def restore_frozen(workdir: str, step: int | None = None
+                   ) -> tuple[prior_lib.Prior, Any, ml_collections.ConfigDict]:
+  """(model, params, config) of the prior trained in `workdir` (latest checkpoint by default),
+  for generation. The code layout comes from the tokens' manifest the run copied into its
+  workdir."""
+  path = os.path.join(workdir, WORKDIR_MANIFEST)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No {WORKDIR_MANIFEST} in {workdir}: not a prior workdir.")
+  with open(path) as f:
+    manifest = json.load(f)
+
+  def abstract_state(config):
+    model, tx = make_model(config, manifest), make_optimizer(config.optim)
+    example = example_batch(manifest, window_frames(config, manifest))
+    return jax.eval_shape(lambda k: nn.unbox(create_train_state(model, tx, example, k)),
+                          jax.random.key(0))
+
+  state, config = checkpoint.restore_frozen(workdir, "prior", abstract_state, step)
+  return make_model(config, manifest), state.params, config
 
 
 class _Hooked:

@@ -94,6 +94,12 @@ def test_smoke_loss_falls_checkpoint_exists_and_controls_are_logged(reference):
   np.testing.assert_allclose(metrics["eval/audio_gap"],
                              metrics["eval/nll_other_audio"] - metrics["eval/nll"], rtol=1e-6)
   assert writer.scalars[20]["train/nonfinite_skips"] == 0
+  # What generation loads: the same parameters and the model the manifest describes.
+  model, params, config = train_prior.restore_frozen(str(workdir))
+  assert config.model == "prior" and model.decoder == "far" and model.d_model == SMALL["d_model"]
+  assert (model.grid, model.code_heads, model.num_codes) == ((4, 3), 2, 16)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_ten_steps_save_restore_ten_steps_equals_twenty_bitwise(tokens, reference, tmp_path):
