@@ -41,6 +41,13 @@ flags.DEFINE_integer("eval_frames", 64, "Frames per held-out clip (two prior win
 flags.DEFINE_float("temperature", 0.7, "Sampling temperature of the demo's videos.")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The training curves the report plots, per stage (TensorBoard tags the trainers write).
+CURVES = {
+    "dvae": ("train/loss", "train/l1", "eval/psnr", "eval/ssim", "eval/usage_min",
+             "eval/mouth_r"),
+    "prior": ("train/loss", "eval/nll", "eval/accuracy", "eval/audio_gap",
+              "eval/mouth_audio_gap", "eval/style_gap"),
+}
 
 
 def _nwt_clips():
@@ -221,10 +228,9 @@ def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: in
              "reconstructions.png"),
             (f"traversal of style dim {metrics['traversal_best_dim']} (rows: -2..2 sigma)",
              "traversal.png")]
-  for stage in ("dvae", "prior"):
+  for stage, tags in CURVES.items():
     scalars = report.read_scalars(str(workdir / stage))
-    curves = {k: v for k, v in scalars.items()
-              if k.startswith("eval/") or k in ("train/loss", "train/l1", "train/nll")}
+    curves = {tag: scalars[tag] for tag in tags if tag in scalars}
     if curves:
       report.plot_curves(str(site / f"{stage}_curves.png"), curves, title=f"{stage} training")
       images.append((f"{stage} training curves", f"{stage}_curves.png"))

@@ -364,26 +364,28 @@ def _restore(what: str, restore, workdir: str):
     raise GenerateError(f"the {what} workdir {workdir} holds no usable checkpoint ({e})") from None
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("dvae_workdir", None, "Workdir of the trained dVAE.")
-flags.DEFINE_string("prior_workdir", None, "Workdir of the prior trained on that dVAE's codes.")
-flags.DEFINE_string("audio", None, "Input audio: any file ffmpeg reads (wav, mp3, m4a, a video).")
-flags.DEFINE_string("output", None, "Output .mp4 (H.264 + the input audio as AAC).")
-flags.DEFINE_integer("episode", 0, "Episode id for the whole video.")
-flags.DEFINE_string("episode_schedule", "",
-                    "Episode changes as SECONDS:EPISODE,... from 0, e.g. 0:3,4.5:5.")
-flags.DEFINE_string("style", "random", "random | reference:CLIP.mp4 | z:V1,V2,... (style_dim).")
-flags.DEFINE_integer("traverse_dim", -1,
-                     "If >= 0: a grid video of that style dimension moved by -2..2 sigma.")
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
-flags.DEFINE_integer("top_k", 0, "Sample among the k most likely codes (0: all).")
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1: all).")
-flags.DEFINE_integer("seed", 0, "Sampling seed (and of --style=random).")
+def _define_flags() -> None:
+  """The CLI's flags (defined only when run as a program, so importing the module is free)."""
+  flags.DEFINE_string("dvae_workdir", None, "Workdir of the trained dVAE.")
+  flags.DEFINE_string("prior_workdir", None, "Workdir of the prior trained on that dVAE's codes.")
+  flags.DEFINE_string("audio", None, "Input audio: any file ffmpeg reads (wav, mp3, m4a, a video).")
+  flags.DEFINE_string("output", None, "Output .mp4 (H.264 + the input audio as AAC).")
+  flags.DEFINE_integer("episode", 0, "Episode id for the whole video.")
+  flags.DEFINE_string("episode_schedule", "",
+                      "Episode changes as SECONDS:EPISODE,... from 0, e.g. 0:3,4.5:5.")
+  flags.DEFINE_string("style", "random", "random | reference:CLIP.mp4 | z:V1,V2,... (style_dim).")
+  flags.DEFINE_integer("traverse_dim", -1,
+                       "If >= 0: a grid video of that style dimension moved by -2..2 sigma.")
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
+  flags.DEFINE_integer("top_k", 0, "Sample among the k most likely codes (0: all).")
+  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1: all).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed (and of --style=random).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   missing = [f"--{n}" for n in ("dvae_workdir", "prior_workdir", "audio", "output")
              if not FLAGS[n].value]
   try:
@@ -403,4 +405,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
