@@ -253,6 +253,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None, writ
           compiler_options: dict | None = None) -> train_lib.TrainState:
   """train_and_evaluate with test hooks (devices, writer, a per-batch hook, no eval, XLA
   options); returns the state."""
+  if "://" not in workdir:
+    workdir = os.path.abspath(workdir)  # orbax refuses relative checkpoint paths
   root = token_pipeline.tokens_dir(config)
   manifest = token_pipeline.read_manifest(root)
   if jax.process_index() == 0:  # the workdir then holds all that generation needs
