@@ -16,7 +16,8 @@ import jax.numpy as jnp
 Dtype = Any
 
 # Activations of image-shaped blocks: frames over the batch mesh axes, the rest replicated.
-IMAGE_AXES = ("batch", "length", "length", None)
+# (Height and width are left unnamed: flax rejects a logical name used twice in one spec.)
+IMAGE_AXES = ("batch", None, None, None)
 
 
 def constrain_image(x: jax.Array) -> jax.Array:
