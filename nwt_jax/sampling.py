@@ -71,7 +71,13 @@ def sample_logits(rng: jax.Array, logits: jax.Array, options: SamplingOptions) -
     cut = jnp.sum(cumulative < options.top_p, axis=-1, keepdims=True)  # [..., 1]
     threshold = jnp.take_along_axis(ordered, cut, axis=-1)
     logits = jnp.where(logits < threshold, floor, logits)
-  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+  # Inverse-CDF draw: one uniform per code, where jax.random.categorical draws Gumbel noise for
+  # every logit (measured by nwt_jax.bench on the 2-core CPU for a tiny FAR frame, 224 x 4 codes
+  # of 256: 1.8 ms vs 4.8 ms, most of a frame step's sampling time). Codes whose probability
+  # underflows to 0 (the cuts above) have a flat CDF step and are never drawn.
+  cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)  # [..., V]
+  u = jax.random.uniform(rng, logits.shape[:-1] + (1,)) * cdf[..., -1:]  # in [0, total mass)
+  return jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
 
 
 @flax.struct.dataclass

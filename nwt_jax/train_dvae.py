@@ -176,8 +176,17 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
     terms = dict(g_adv=zero, fm=zero, d_loss=zero, d_real=zero, d_fake=zero)
     return zero, jnp.zeros_like(recon), terms, jax.tree.map(jnp.zeros_like, dp), dp, d_opt
 
-  adv, d_recon_adv, terms, d_grads, new_dp, new_d_opt = jax.lax.cond(
-      state.step >= lc.adv_start_step, with_discriminator, without_discriminator, recon)
+  adversarial = state.step >= lc.adv_start_step
+  if jax.default_backend() == "cpu":
+    # XLA:CPU runs convolutions inside a conditional's branches without its fast conv kernels
+    # (jax-ml/jax#12868; measured by nwt_jax.bench: the tiny step 6-8x slower), so on CPU both
+    # branches run and a select keeps one; GPU/TPU skip the discriminator with the cond.
+    adv, d_recon_adv, terms, d_grads, new_dp, new_d_opt = jax.tree.map(
+        functools.partial(jnp.where, adversarial), with_discriminator(recon),
+        without_discriminator(recon))
+  else:
+    adv, d_recon_adv, terms, d_grads, new_dp, new_d_opt = jax.lax.cond(
+        adversarial, with_discriminator, without_discriminator, recon)
   # inject_nan scales the loss and, identically, its gradient (the product rule's factor).
   loss = train_lib.inject_nan(lc.l1_weight * l1 + adv, state.step, nan_at_step)
   d_recon = train_lib.inject_nan(lc.l1_weight * d_recon_l1 + d_recon_adv, state.step,
