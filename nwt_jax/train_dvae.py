@@ -452,22 +452,13 @@ def restore_frozen(workdir: str, step: int | None = None
   the latest checkpoint). The config is the one saved with the checkpoint; params are float32
   arrays on the default device. Use with `model.apply({'params': params}, frames,
   method=model.encode)` and `method=model.decode`."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")) and "://" not in workdir:
-    raise FileNotFoundError(f"No dVAE checkpoints in {workdir}/checkpoints.")
-  with checkpoint.Checkpointer(workdir, {}, async_save=False) as reader:
-    step = reader.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"No finished dVAE checkpoint in {workdir}/checkpoints.")
-    config = ml_collections.ConfigDict(reader.saved_config(step))
-  if config.get("model") != "dvae":
-    raise ValueError(f"{workdir} holds a {config.get('model')!r} run, not a dVAE.")
-  model, disc = make_models(config)
-  tx_g, tx_d, _ = make_optimizers(config)
-  init = functools.partial(create_train_state, model, disc, tx_g, tx_d, config.data.height,
-                           config.data.width)
-  abstract = jax.eval_shape(lambda: nn.unbox(init(jax.random.key(0))))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  with checkpoint.Checkpointer(workdir, config, async_save=False) as reader:
-    state, _ = reader.restore(
-        checkpoint.abstract_like(abstract, jax.tree.map(lambda _: device, abstract)), step)
-  return model, state.params["generator"], config
+
+  def abstract_state(config):
+    model, disc = make_models(config)
+    tx_g, tx_d, _ = make_optimizers(config)
+    init = functools.partial(create_train_state, model, disc, tx_g, tx_d, config.data.height,
+                             config.data.width)
+    return jax.eval_shape(lambda: nn.unbox(init(jax.random.key(0))))
+
+  state, config = checkpoint.restore_frozen(workdir, "dvae", abstract_state, step)
+  return make_models(config)[0], state.params["generator"], config
