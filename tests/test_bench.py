@@ -59,7 +59,7 @@ def test_bench_module_imports_no_tf_torch_or_librosa():
 
 
 def test_dvae_step_record_has_every_field_with_peer():
-  w = bench.dvae_workload(_small_dvae_config())
+  w = bench.dvae_workload(_small_dvae_config(), jax.devices()[:1])
   record = bench.bench_step(w, steps=2, warmup=1, peer="torch", peer_compile="off", block=1,
                             peak=PEAK)
   json.dumps(record)  # one JSON line
@@ -78,7 +78,7 @@ def test_dvae_step_record_has_every_field_with_peer():
 
 
 def test_prior_step_record_tokens():
-  w = bench.prior_workload(_small_prior_config(), _small_dvae_config())
+  w = bench.prior_workload(_small_prior_config(), _small_dvae_config(), jax.devices()[:1])
   record = bench.bench_step(w, steps=2, warmup=1, peak=PEAK)
   assert record["throughput_unit"] == "tokens/s"
   assert record["units_per_step"] == 2 * 4 * 8 * 8 * 2  # B x T x grid (16/2)^2 x heads
