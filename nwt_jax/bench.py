@@ -182,10 +182,10 @@ def bench_dvae_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
   return config
 
 
-def dvae_workload(config: ml_collections.ConfigDict) -> Workload:
+def dvae_workload(config: ml_collections.ConfigDict, devices=None) -> Workload:
   """`train_dvae.setup(config)`'s train step on a synthetic batch, compiled ahead of time."""
   config = bench_dvae_config(config)
-  s = train_dvae.setup(config)
+  s = train_dvae.setup(config, devices)
   host_batch = dvae_batch(config)
   batch = sharding.put_batch(host_batch, s.mesh)
   start = time.perf_counter()
@@ -232,10 +232,10 @@ def prior_batch(config: ml_collections.ConfigDict, manifest: dict,
 
 
 def prior_workload(config: ml_collections.ConfigDict,
-                   dvae_config: ml_collections.ConfigDict) -> Workload:
+                   dvae_config: ml_collections.ConfigDict, devices=None) -> Workload:
   """`train_prior.setup(config, manifest)`'s train step on a synthetic batch, compiled ahead."""
   manifest = manifest_from_dvae(dvae_config, config.data.frames_per_example)
-  s = train_prior.setup(config, manifest)
+  s = train_prior.setup(config, manifest, devices)
   host_batch = prior_batch(config, manifest)
   batch = sharding.put_batch(host_batch, s.mesh)
   state = s.init_state()
