@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       source="tokens",  # tokenized clips (nwt_jax.token_pipeline)
       tokens_dir="",  # output of `python -m nwt_jax.tokenize` ('' = <dvae_workdir>/tokens)
       batch_size=16,  # global batch of windows
-      frames_per_example=16,  # T': frames per window, cut at a random offset from each clip
+      frames_per_example=8,  # T': frames per window, cut at a random offset from each clip
       shuffle=True,  # train: a new clip order every epoch
       repeat=True,  # train: endless
       drop_remainder=True,  # eval: whole batches only
