@@ -33,7 +33,7 @@ PRESETS = {
         dvae=dict(channels=(16, 48, 96),  # x4: 64x56 -> 16x14 grid (measured vs (32, 64, 128))
                   res_blocks=(0, 1, 2),  # full resolution kept thin: no block there
                   dim=128,  # Memcodes width
-                  num_codes=256,  # codes per head
+                  num_codes=64,  # codes per head (measured: 256 left 85% unused at argmax)
                   heads=4,  # 32 features a head
                   episode_dim=32,  # episode embedding width
                   norm_groups=8),  # GroupNorm groups
