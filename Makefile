@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# pytest-xdist workers; CI's machine has 2 cores.
+# pytest-xdist workers (CI's machine has 2 cores); a test file stays on one worker, so its
+# module fixtures (a trained probe, a compiled step) are built once.
 TEST_WORKERS ?= 2
 
 .PHONY: demo test install clean
@@ -18,7 +19,7 @@ demo: $(VENV)/.installed
 	$(PY) -m nwt_jax.demo --workdir=runs/demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n $(TEST_WORKERS) --durations=15 tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -69,24 +69,27 @@ PEAK_FLOPS = (
 FRAME_RATE = 30  # video frames per second of audio (DESIGN §3)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("what", "dvae_step", ["dvae_step", "prior_step", "generate"], "What to time.")
-config_flags.DEFINE_config_file("config", None, "dVAE config (dvae_step) or prior config.",
-                                lock_config=False)
-config_flags.DEFINE_config_file(
-    "dvae_config", "configs/dvae.py:tiny",
-    "dVAE config giving the prior's code grid (prior_step, generate) and the decoder (generate).",
-    lock_config=False)
-flags.DEFINE_integer("steps", 50, "Timed steps (the median is reported).")
-flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-flags.DEFINE_enum("peer", "", ["", "torch"], "Also time a PyTorch peer of the same step.")
-flags.DEFINE_enum("peer_compile", "auto", ["auto", "on", "off"],
-                  "torch.compile the peer: on, off, or auto (try it, keep the faster of the two).")
-flags.DEFINE_integer("block", 10, "Steps per block when JAX and the peer alternate.")
-flags.DEFINE_float("audio_seconds", 30.0, "generate: seconds of audio to decode.")
-flags.DEFINE_integer("overlap_frames", 4, "generate: prompt frames repeated from the last window.")
-flags.DEFINE_boolean("compile_check", True, "generate: compile seconds for 30 s vs 600 s audio.")
-flags.DEFINE_float("temperature", 1.0, "generate: sampling temperature.")
-flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of the timed steps here.")
+def _define_flags() -> None:
+  """The command-line flags, defined only when the module runs as a program (tests and
+  other modules import it, and absl allows one definition of each name per process)."""
+  flags.DEFINE_enum("what", "dvae_step", ["dvae_step", "prior_step", "generate"], "What to time.")
+  config_flags.DEFINE_config_file("config", None, "dVAE config (dvae_step) or prior config.",
+                                  lock_config=False)
+  config_flags.DEFINE_config_file(
+      "dvae_config", "configs/dvae.py:tiny",
+      "dVAE config giving the prior's code grid (prior_step, generate) and the decoder (generate).",
+      lock_config=False)
+  flags.DEFINE_integer("steps", 50, "Timed steps (the median is reported).")
+  flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+  flags.DEFINE_enum("peer", "", ["", "torch"], "Also time a PyTorch peer of the same step.")
+  flags.DEFINE_enum("peer_compile", "auto", ["auto", "on", "off"],
+                    "torch.compile the peer: on, off, or auto (try it, keep the faster of the two).")
+  flags.DEFINE_integer("block", 10, "Steps per block when JAX and the peer alternate.")
+  flags.DEFINE_float("audio_seconds", 30.0, "generate: seconds of audio to decode.")
+  flags.DEFINE_integer("overlap_frames", 4, "generate: prompt frames repeated from the last window.")
+  flags.DEFINE_boolean("compile_check", True, "generate: compile seconds for 30 s vs 600 s audio.")
+  flags.DEFINE_float("temperature", 1.0, "generate: sampling temperature.")
+  flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of the timed steps here.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,4 +572,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

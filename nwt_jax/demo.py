@@ -29,16 +29,19 @@ from absl import logging
 from nwt_jax import synthetic
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/demo", "Where the dataset, runs and report go.")
-flags.DEFINE_integer("num_train_clips", 512, "Synthetic clips in the train split.")
-flags.DEFINE_integer("num_validation_clips", 64, "Synthetic clips in the validation split.")
-flags.DEFINE_integer("num_frames", 32, "Frames per clip (30 fps).")
-flags.DEFINE_integer("dvae_steps", 1500, "dVAE training steps (the tiny preset's).")
-flags.DEFINE_integer("prior_steps", 1500, "Prior training steps.")
-flags.DEFINE_string("prior_preset", "tiny,far", "configs/prior.py preset.")
-flags.DEFINE_integer("eval_clips", 16, "Held-out clips the evaluation generates.")
-flags.DEFINE_integer("eval_frames", 64, "Frames per held-out clip (two prior windows).")
-flags.DEFINE_float("temperature", 0.7, "Sampling temperature of the demo's videos.")
+def _define_flags() -> None:
+  """The command-line flags, defined only when the module runs as a program (tests and
+  other modules import it, and absl allows one definition of each name per process)."""
+  flags.DEFINE_string("workdir", "runs/demo", "Where the dataset, runs and report go.")
+  flags.DEFINE_integer("num_train_clips", 512, "Synthetic clips in the train split.")
+  flags.DEFINE_integer("num_validation_clips", 64, "Synthetic clips in the validation split.")
+  flags.DEFINE_integer("num_frames", 32, "Frames per clip (30 fps).")
+  flags.DEFINE_integer("dvae_steps", 1500, "dVAE training steps (the tiny preset's).")
+  flags.DEFINE_integer("prior_steps", 1500, "Prior training steps.")
+  flags.DEFINE_string("prior_preset", "tiny,far", "configs/prior.py preset.")
+  flags.DEFINE_integer("eval_clips", 16, "Held-out clips the evaluation generates.")
+  flags.DEFINE_integer("eval_frames", 64, "Frames per held-out clip (two prior windows).")
+  flags.DEFINE_float("temperature", 0.7, "Sampling temperature of the demo's videos.")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The training curves the report plots, per stage (TensorBoard tags the trainers write).
@@ -174,7 +177,7 @@ def _bars(metrics: dict) -> list[dict]:
 
 
 def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: int,
-                        temperature: float, timings: dict) -> dict:
+                        temperature: float, timings: dict, prior_preset: str = "tiny,far"):
   """The evaluate and report stages (in this process): returns the metrics."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from nwt_jax import evaluate  # pylint: disable=g-import-not-at-top
@@ -238,7 +241,7 @@ def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: in
   table = _bars(metrics)
   report.write_html(
       str(site / "report.html"), title="nwt_jax demo: the synthetic world",
-      intro=(f"A tiny dVAE and a tiny {FLAGS.prior_preset} prior trained on this machine "
+      intro=(f"A tiny dVAE and a {prior_preset} prior trained on this machine "
              f"({os.cpu_count()} CPU cores), evaluated on {num_clips} held-out clips of "
              f"{num_frames} frames by a probe that reads the truth back from frames."),
       metrics=table, videos=videos, images=images,
@@ -287,7 +290,7 @@ def main(argv):
 
   metrics, table = evaluate_and_report(
       workdir, num_clips=FLAGS.eval_clips, num_frames=FLAGS.eval_frames,
-      temperature=FLAGS.temperature, timings=timings)
+      temperature=FLAGS.temperature, timings=timings, prior_preset=FLAGS.prior_preset)
   timings["total"] = time.perf_counter() - start
   print("\n=== metrics (held-out synthetic clips)")
   width = max(len(r["name"]) for r in table)
@@ -298,4 +301,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -34,20 +34,23 @@ from nwt_jax import synthetic
 from nwt_jax import token_pipeline
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dvae_workdir", None, "Stage-1 workdir (`nwt_jax.train_dvae`).")
-flags.DEFINE_integer("step", None, "dVAE checkpoint step (default: the latest).")
-flags.DEFINE_string("output", None, "Tokens directory (default: <dvae_workdir>/tokens).")
-flags.DEFINE_list("splits", list(input_pipeline.SPLITS), "Splits to tokenize.")
-flags.DEFINE_integer("clips_per_shard", 64, "Clips per shard file.")
-flags.DEFINE_integer("encode_batch", 256, "Frames per encoder call.")
-flags.DEFINE_enum("source", None, sorted(input_pipeline.SOURCES),
-                  "Clip source (default: the dVAE config's data.source).")
-flags.DEFINE_string("data_dir", None, "source=tfds: TFDS data_dir.")
-flags.DEFINE_string("tfds_name", None, "source=tfds: '<dataset>/<config>[:version]'.")
-flags.DEFINE_integer("num_train_clips", None, "source=synthetic_inline: train clips.")
-flags.DEFINE_integer("num_validation_clips", None, "source=synthetic_inline: validation clips.")
-flags.DEFINE_integer("process_index", None, "This process (default: jax.process_index()).")
-flags.DEFINE_integer("process_count", None, "Processes (default: jax.process_count()).")
+def _define_flags() -> None:
+  """The command-line flags, defined only when the module runs as a program (tests and
+  other modules import it, and absl allows one definition of each name per process)."""
+  flags.DEFINE_string("dvae_workdir", None, "Stage-1 workdir (`nwt_jax.train_dvae`).")
+  flags.DEFINE_integer("step", None, "dVAE checkpoint step (default: the latest).")
+  flags.DEFINE_string("output", None, "Tokens directory (default: <dvae_workdir>/tokens).")
+  flags.DEFINE_list("splits", list(input_pipeline.SPLITS), "Splits to tokenize.")
+  flags.DEFINE_integer("clips_per_shard", 64, "Clips per shard file.")
+  flags.DEFINE_integer("encode_batch", 256, "Frames per encoder call.")
+  flags.DEFINE_enum("source", None, sorted(input_pipeline.SOURCES),
+                    "Clip source (default: the dVAE config's data.source).")
+  flags.DEFINE_string("data_dir", None, "source=tfds: TFDS data_dir.")
+  flags.DEFINE_string("tfds_name", None, "source=tfds: '<dataset>/<config>[:version]'.")
+  flags.DEFINE_integer("num_train_clips", None, "source=synthetic_inline: train clips.")
+  flags.DEFINE_integer("num_validation_clips", None, "source=synthetic_inline: validation clips.")
+  flags.DEFINE_integer("process_index", None, "This process (default: jax.process_index()).")
+  flags.DEFINE_integer("process_count", None, "Processes (default: jax.process_count()).")
 
 
 def mouth_cells(truth: np.ndarray, episode, frame_size: tuple[int, int],
@@ -243,5 +246,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["dvae_workdir"])
   app.run(main)

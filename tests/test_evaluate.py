@@ -291,6 +291,6 @@ def test_evaluation_job_reports_known_answers_for_an_oracle(trained_probe, monke
   assert metrics["traversal_best_dim"] in (0, 1, 2), metrics
   assert metrics["traversal_best_controls"] == ("cam_x", "cam_y", "zoom")[
       metrics["traversal_best_dim"]]
-  assert abs(metrics["traversal_best_spearman"]) > 0.99
+  assert abs(metrics["traversal_best_spearman"]) > 0.95  # the oracle clips -2 and -1 alike
   assert samples["switched"].shape == (6, 48, 64, 56, 3)
   assert (samples["switched_episode"][:, 24:] != samples["own_episode"][:, 24:]).all()
