@@ -346,7 +346,7 @@ def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 
               for r, e in zip(switched_r, switched_episode)]
 
   # Traversals of every style dimension around the mean copied z, one window of one clip.
-  window = min(num_frames, models.prior.max_frames)
+  window = min(num_frames, models.window_frames)
   base = copied_z.mean(axis=0)
   zs = np.concatenate([generate.traversal_latents(base, d) for d in range(base.shape[0])])
   steps = len(generate.TRAVERSE_STEPS)

@@ -6,8 +6,8 @@
         [--temperature=1.0 --top_k=0 --top_p=1.0 --seed=0]
 
 Any audio ffmpeg reads (wav, mp3, flac, m4a, the audio track of a video; any sample rate or channel
-count) is resampled to 24 kHz mono; its log-mel drives the prior. Codes are sampled in windows of
-the prior's `max_frames` frames inside `jax.lax.scan` (`nwt_jax.sampling`): each window after the
+count) is resampled to 24 kHz mono; its log-mel drives the prior. Codes are sampled in windows as long
+as the prior's training windows (its config's `data.frames_per_example`) inside `jax.lax.scan` (`nwt_jax.sampling`): each window after the
 first repeats the previous window's last `overlap` frames as a prompt, so memory and compilation do
 not grow with the audio's length. The dVAE decoder renders the codes, and the mp4 (H.264, the input
 audio muxed as AAC) appears only when complete. Bad input is one `error: ...` line, exit code 1 and
@@ -53,6 +53,11 @@ class Models:
   prior: prior_lib.Prior
   prior_params: Any
   frame_size: tuple[int, int]  # (H, W) of the dVAE's frames
+  window: int = 0  # frames per sampling window: the prior's training window (0: max_frames)
+
+  @property
+  def window_frames(self) -> int:
+    return self.window or self.prior.max_frames
 
   def check_compatible(self) -> None:
     """The prior must model exactly this dVAE's code grid, heads, codebook and episodes."""
@@ -137,7 +142,7 @@ def style_latent(models: Models, spec: str, seed: int, *, reference_frames=None)
 
 def reference_style(models: Models, frames: np.ndarray) -> np.ndarray:
   """Posterior mean z [style_dim] of a reference clip's first window (uint8 [T, H, W, 3])."""
-  frames = np.asarray(frames)[:models.prior.max_frames]
+  frames = np.asarray(frames)[:models.window_frames]
   if frames.ndim != 4 or not len(frames):
     raise GenerateError("the reference clip has no frames")
   codes = models.dvae.apply({"params": models.dvae_params}, jnp.asarray(frames)[None],
@@ -204,7 +209,8 @@ class Generator:
                overlap: int | None = None):
     models.check_compatible()
     self.models, self.batch = models, batch
-    self.window = models.prior.max_frames
+    # Windows as long as the prior's training windows: positions past them were never trained.
+    self.window = models.window_frames
     self.overlap = self.window // 4 if overlap is None else overlap
     self._sampler = sampling.make_sampler(models.prior, options)
     self._render = jax.jit(make_renderer(models.dvae))
@@ -347,9 +353,11 @@ def load_models(dvae_workdir: str, prior_workdir: str) -> Models:
   from nwt_jax import train_dvae  # pylint: disable=g-import-not-at-top
   from nwt_jax import train_prior  # pylint: disable=g-import-not-at-top
   dvae, dvae_params, dvae_config = _restore("dVAE", train_dvae.restore_frozen, dvae_workdir)
-  prior, prior_params, _ = _restore("prior", train_prior.restore_frozen, prior_workdir)
+  prior, prior_params, prior_config = _restore("prior", train_prior.restore_frozen,
+                                               prior_workdir)
   models = Models(dvae, dvae_params, prior, prior_params,
-                  (dvae_config.data.height, dvae_config.data.width))
+                  (dvae_config.data.height, dvae_config.data.width),
+                  window=prior_config.data.frames_per_example or prior.max_frames)
   models.check_compatible()
   return models
 

@@ -280,7 +280,7 @@ def test_evaluation_job_reports_known_answers_for_an_oracle(trained_probe, monke
   monkeypatch.setattr(generate, "Generator", _Oracle(clips))
   monkeypatch.setattr(generate, "reference_style",
                       lambda models, frames: np.pad(style_of[frames[0].tobytes()], (0, 12)))
-  models = types.SimpleNamespace(prior=types.SimpleNamespace(num_episodes=8, max_frames=32))
+  models = types.SimpleNamespace(prior=types.SimpleNamespace(num_episodes=8), window_frames=32)
   metrics, samples = evaluate.evaluate_generation(models, trained_probe, clips, log=lambda _: 0)
   # The probe's own ceiling on rendered speech clips is about 0.89 (mouths are mostly near closed).
   assert metrics["lipsync_r"] > 0.8 and metrics["lipsync_best_offset"] == 0, metrics
