@@ -335,7 +335,9 @@ def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 
   # Episode switch at half time, to another episode for every clip.
   switched_episode = own_episode.copy()
   for i in range(n):
-    switched_episode[i, num_frames // 2:] = (clips[i]["episode"] + 1 + i) % num_episodes
+    # Always another episode: an offset in 1 .. num_episodes - 1.
+    offset = 1 + i % (num_episodes - 1)
+    switched_episode[i, num_frames // 2:] = (clips[i]["episode"] + offset) % num_episodes
   switched = run(copied_z, switched_episode, "episode switch")
 
   copied_r, random_r, switched_r = (_readings(probe, f) for f in (copied, randomized, switched))
