@@ -85,9 +85,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       style_hidden=128,  # style encoder MLP width
       depth_dim=64,  # MAR depth transformer width
       depth_layers=2,  # MAR depth transformer blocks
+      depth_window_rows=0,  # MAR: grid rows per local depth-attention block (0: whole frame)
       mel_mean=-8.0,  # log-mel normalisation offset
       mel_std=4.0,  # log-mel normalisation scale
       dropout_rate=0.0,  # residual dropout (tiny: none, the data is plentiful)
+      prev_frame_dropout=0.0,  # P(a frame sees the BOS frame instead of its predecessor)
   )
 
   c.loss = dict(

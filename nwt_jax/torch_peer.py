@@ -510,6 +510,24 @@ class Attention(nn.Module):
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return self.out(out.transpose(1, 2))
 
+  def attend_local(self, x, block):
+    """As the JAX `Attention.attend_local`: block b's queries against blocks b-1 and b."""
+    b, length = x.shape[:2]
+    n = length // block
+    q = self.query(x)
+    k, v = self.project_kv(x)
+    split = lambda a: a.reshape(b, n, block, *a.shape[2:])
+    with_previous = lambda a: torch.cat([F.pad(a[:, :-1], (0, 0, 0, 0, 0, 0, 1, 0)), a], dim=2)
+    k, v = with_previous(split(k)), with_previous(split(v))
+    i = torch.arange(block, device=x.device)[:, None]
+    j = torch.arange(2 * block, device=x.device)[None, :]
+    first = (torch.arange(n, device=x.device) > 0)[:, None, None]
+    mask = (j <= i + block)[None] & (first | (j >= block)[None])  # [n, block, 2 * block]
+    mask = mask[None, :, None].expand(b, n, 1, block, 2 * block).reshape(b * n, 1, block, -1)
+    flat = lambda a: a.reshape(b * n, *a.shape[2:]).transpose(1, 2)  # [B*n, heads, len, hd]
+    out = F.scaled_dot_product_attention(flat(split(q)), flat(k), flat(v), attn_mask=mask)
+    return self.out(out.transpose(1, 2).reshape(q.shape))
+
 
 class Mlp(nn.Module):
   def __init__(self, d, hidden):
@@ -522,8 +540,9 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  def __init__(self, d, heads, head_dim, mlp_dim, cross, dropout):
+  def __init__(self, d, heads, head_dim, mlp_dim, cross, dropout, local_block=0):
     super().__init__()
+    self.local_block = local_block
     self.self_norm = LayerNorm(d)
     self.self_attn = Attention(d, heads, head_dim)
     if cross:
@@ -536,18 +555,24 @@ class Block(nn.Module):
 
   def forward(self, x, mask=None, cross_kv=None):
     h = self.self_norm(x)
-    x = x + self.dropout(self.self_attn.attend(h, self.self_attn.project_kv(h), mask))
+    if self.local_block:
+      h = self.self_attn.attend_local(h, self.local_block)
+    else:
+      h = self.self_attn.attend(h, self.self_attn.project_kv(h), mask)
+    x = x + self.dropout(h)
     if self.cross:
       x = x + self.dropout(self.cross_attn.attend(self.cross_norm(x), cross_kv))
     return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
 class Transformer(nn.Module):
-  def __init__(self, layers, d, heads, head_dim, mlp_dim, cross=False, dropout=0.0):
+  def __init__(self, layers, d, heads, head_dim, mlp_dim, cross=False, dropout=0.0,
+               local_block=0):
     super().__init__()
-    self.layers = layers
+    self.layers, self.local_block = layers, local_block
     for i in range(layers):
-      self.add_module(f"block{i}", Block(d, heads, head_dim, mlp_dim, cross, dropout))
+      self.add_module(f"block{i}",
+                      Block(d, heads, head_dim, mlp_dim, cross, dropout, local_block))
     self.final_norm = LayerNorm(d)
 
   def cross_kv(self, context):
@@ -613,8 +638,10 @@ class Prior(nn.Module):
   def __init__(self, *, decoder, grid, code_heads, num_codes, num_episodes, max_frames, d_model,
                num_heads, head_dim, mlp_dim, temporal_layers, spatial_layers, audio_layers,
                code_embed_dim, style_dim, style_hidden, depth_dim, depth_layers, mel_mean,
-               mel_std, dropout_rate, mel_bins=80):
+               mel_std, dropout_rate, prev_frame_dropout=0.0, depth_window_rows=0,
+               mel_bins=80):
     super().__init__()
+    self.prev_frame_dropout = prev_frame_dropout
     d, p, e = d_model, grid[0] * grid[1], code_embed_dim
     self.decoder, self.grid, self.k, self.v = decoder, tuple(grid), code_heads, num_codes
     self.p, self.d = p, d
@@ -646,7 +673,8 @@ class Prior(nn.Module):
       self.depth_token = Embed(code_heads * num_codes, dd)
       self.depth_bos = _param(dd)
       self.depth = Transformer(depth_layers, dd, num_heads, dd // num_heads, 4 * dd,
-                               dropout=dropout_rate)
+                               dropout=dropout_rate,
+                               local_block=depth_window_rows * grid[1] * code_heads)
       self.depth_head = nn.Parameter(torch.randn(code_heads, dd, num_codes) / math.sqrt(dd))
 
   def forward(self, codes, mel, episode, noise=None):
@@ -664,6 +692,9 @@ class Prior(nn.Module):
     cross_kv = self.temporal.cross_kv(audio)
     emb = self.frame_embed(codes)  # [B, T, P, e]
     prev = torch.cat([self.bos_frame.expand(b, 1, -1, -1), emb[:, :-1]], dim=1)
+    if self.training and self.prev_frame_dropout > 0:
+      drop = torch.rand(b, t, 1, 1, device=codes.device) < self.prev_frame_dropout
+      prev = torch.where(drop, self.bos_frame.expand_as(prev), prev)
     x = cond + self.frame_summary(prev.flatten(2))
     causal = torch.ones(t, t, dtype=torch.bool, device=codes.device).tril()
     h = self.temporal(x, causal, cross_kv)
@@ -686,7 +717,8 @@ class Prior(nn.Module):
     prev = torch.cat([self.depth_bos.expand(b, t, 1, -1), self.depth_token(rows)], dim=2)
     x = self.depth_in(c).repeat_interleave(k, dim=2) + self.depth_pos + prev  # [B, T, L, dd]
     causal = torch.ones(length, length, dtype=torch.bool, device=codes.device).tril()
-    y = self.depth(x.reshape(b * t, length, self.dd), causal)
+    y = self.depth(x.reshape(b * t, length, self.dd),
+                   None if self.depth.local_block else causal)
     y = y.reshape(b, t, self.p, k, self.dd)
     return torch.einsum("btpkd,kdv->btpkv", y, self.depth_head)
 

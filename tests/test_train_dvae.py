@@ -184,7 +184,7 @@ def test_restore_frozen_round_trip(smoke_run):
 
 
 @pytest.mark.parametrize("preset, frame, grid, dim, heads, codes", [
-    ("tiny", (64, 56), (16, 14), 128, 4, 64),
+    ("tiny", (64, 56), (16, 14), 128, 4, 32),
     ("base", (128, 112), (16, 14), 256, 8, 512),
     ("paper_mem16", (256, 224), (16, 14), 512, 8, 1024),
     ("paper_mem8", (256, 224), (8, 7), 512, 8, 1024),

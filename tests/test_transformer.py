@@ -52,6 +52,39 @@ def test_causal_and_block_causal_masks():
                                 [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
 
 
+def test_local_causal_mask():
+  pos = jnp.arange(6)
+  # Block 2: a query sees its own block and the one before, never a later position.
+  np.testing.assert_array_equal(transformer.local_causal_mask(pos, pos, 2)[0, 0],
+                                [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+                                 [1, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]])
+
+
+def test_block_local_attention_equals_the_dense_masked_one_and_its_cached_decoding():
+  """`attend_local` (blocks against their predecessor) computes exactly attention under the dense
+  `local_causal_mask`, and the KV-cache path applies the same mask."""
+  local, dense = _stack(local_block=2), _stack()
+  variables = _variables()  # the same parameters: local_block adds none
+  x, context = _inputs()
+  batch, length, _ = x.shape
+  positions = jnp.arange(length)
+  want = dense.apply(variables, x, context, transformer.local_causal_mask(positions, positions, 2),
+                     method=_forward)
+  got = local.apply(variables, x, context, None, method=_forward)
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+  full = dense.apply(variables, x, context, transformer.causal_mask(positions, positions),
+                     method=_forward)
+  assert np.abs(np.asarray(got - full)).max() > 1e-3  # the window really cuts positions 0..1
+  cross_kv = local.apply(variables, context, method=local.cross_kv)
+  decode = jax.jit(functools.partial(local.apply, variables, method=local.decode))
+  cache = local.init_cache(batch, length)
+  outs = []
+  for t in range(length):
+    y, cache = decode(x[:, t:t + 1], cache, t, cross_kv)
+    outs.append(y)
+  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), want, atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("block", [1, 2])
 def test_causality_by_perturbation(block):
   model = _stack()

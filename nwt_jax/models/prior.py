@@ -192,9 +192,19 @@ class Prior(nn.Module):
   style_hidden: int = 256  # style encoder MLP width
   depth_dim: int = 128  # MAR depth transformer width (heads: num_heads of depth_dim/num_heads)
   depth_layers: int = 2  # MAR depth transformer blocks
+  # MAR: 0 = each code attends to every earlier code of its frame; R > 0 = to the codes of its own
+  # block of R grid rows and of the block before (W = R * gw * K codes a block, so W..2W-1 codes
+  # back), at cost L * 2W instead of L**2. The whole frame's context still reaches every code
+  # through the temporal and spatial stacks.
+  depth_window_rows: int = 0
   mel_mean: float = -8.0  # log-mel normalisation offset
   mel_std: float = 4.0  # log-mel normalisation scale
   dropout_rate: float = 0.0  # residual dropout in every transformer (rng stream 'dropout')
+  # Training only: each frame's view of the previous frame is replaced by the BOS frame with this
+  # probability (rng stream 'dropout'), so audio, episode and style must explain frames on their
+  # own instead of being ignored in favour of copying the last frame (word dropout, Bowman et
+  # al. 2016, against posterior collapse and exposure bias).
+  prev_frame_dropout: float = 0.0
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32  # parameter dtype (norms always run in float32)
 
@@ -207,6 +217,11 @@ class Prior(nn.Module):
   def codes_per_frame(self) -> int:
     """L = P * K codes per frame (the MAR depth sequence length)."""
     return self.positions * self.code_heads
+
+  @property
+  def depth_block(self) -> int:
+    """MAR: codes per block of the depth stack's local attention (0: the whole frame)."""
+    return self.depth_window_rows * self.grid[1] * self.code_heads
 
   def setup(self):
     if self.decoder not in DECODERS:
@@ -256,9 +271,12 @@ class Prior(nn.Module):
           embedding_init=_init(nn.initializers.normal(1.0), "vocab", "embed"))
       self.depth_bos = self.param("depth_bos", _init(nn.initializers.normal(1.0), "embed"),
                                   (dd,), self.param_dtype)
+      if self.grid[0] % max(self.depth_window_rows, 1):
+        raise ValueError(f"depth_window_rows={self.depth_window_rows} must divide the grid's "
+                         f"{self.grid[0]} rows")
       self.depth = transformer.Transformer(
           self.depth_layers, dd, self.num_heads, dd // self.num_heads, 4 * dd,
-          dropout_rate=self.dropout_rate, **kw)
+          dropout_rate=self.dropout_rate, local_block=self.depth_block, **kw)
       self.depth_head = self.param(  # [K, dd, V]: one output layer per head
           "depth_head", _init(nn.initializers.lecun_normal(1, 2, (0,)), None, "embed", "vocab"),
           (self.code_heads, dd, self.num_codes), self.param_dtype)
@@ -329,8 +347,8 @@ class Prior(nn.Module):
     x = self._depth_context(c) + prev.astype(self.dtype)  # [B, T, L, dd]
     x = x.reshape(batch * frames, length, self.depth_dim)  # [B*T, L, dd]
     positions = jnp.arange(length)
-    y = self.depth(x, mask=transformer.causal_mask(positions, positions),
-                   deterministic=deterministic)
+    mask = None if self.depth_block else transformer.causal_mask(positions, positions)
+    y = self.depth(x, mask=mask, deterministic=deterministic)
     y = y.reshape(batch, frames, self.positions, k, self.depth_dim)  # [B, T, P, K, dd]
     logits = jnp.einsum("btpkd,kdv->btpkv", y.astype(self.dtype),
                         self.depth_head.astype(self.dtype))
@@ -364,6 +382,10 @@ class Prior(nn.Module):
     deterministic = not train
     context = self.encode_context(mel, episode, z, deterministic=deterministic)
     prev = self._shifted_frames(codes)  # [B, T, P, e]
+    if train and self.prev_frame_dropout > 0:
+      drop = jax.random.bernoulli(self.make_rng("dropout"), self.prev_frame_dropout,
+                                  prev.shape[:2] + (1, 1))
+      prev = jnp.where(drop, self.bos_frame.astype(prev.dtype), prev)
     x = self._temporal_inputs(context["cond"], prev)  # [B, T, d]
     frames = jnp.arange(codes.shape[1])
     h = self.temporal(x, mask=transformer.causal_mask(frames, frames),

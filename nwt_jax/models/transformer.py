@@ -42,6 +42,13 @@ def causal_mask(q_positions: jax.Array, k_positions: jax.Array) -> jax.Array:
   return (k_positions[None, :] <= q_positions[:, None])[None, None]
 
 
+def local_causal_mask(q_positions: jax.Array, k_positions: jax.Array, block: int) -> jax.Array:
+  """Like `causal_mask`, but a query in block b = position // block sees only blocks b-1 and b
+  (between `block` and 2 * block - 1 earlier tokens): what `Attention.attend_local` computes."""
+  recent = (k_positions[None, :] // block) >= (q_positions[:, None] // block - 1)
+  return causal_mask(q_positions, k_positions) & recent[None, None]
+
+
 def block_causal_mask(length: int, block: int) -> jax.Array:
   """[1, 1, length, length]: a token sees every token of its own block and of earlier blocks.
 
@@ -129,6 +136,30 @@ class Attention(nn.Module):
     """Self-attention over x [B, T, D]."""
     return self.attend(x, self.project_kv(x), mask)
 
+  def attend_local(self, x: jax.Array, block: int) -> jax.Array:
+    """Causal self-attention over x [B, T, D] restricted to `local_causal_mask(.., block)`.
+
+    Computed block by block (queries of block b against the keys of blocks b-1 and b), so the
+    cost is T * 2 * block instead of T ** 2: what makes a long code-by-code sequence affordable.
+    """
+    batch, length = x.shape[:2]
+    if length % block:
+      raise ValueError(f"sequence length {length} is not a multiple of the block {block}")
+    n = length // block
+    q = self.query(x)
+    k, v = (a.astype(q.dtype) for a in self.project_kv(x))
+    split = lambda a: a.reshape((batch, n, block) + a.shape[2:])  # [B, n, block, H, D]
+    with_previous = lambda a: jnp.concatenate(  # [B, n, 2 * block, H, D]
+        [jnp.pad(a[:, :-1], ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0))), a], axis=2)
+    k, v = with_previous(split(k)), with_previous(split(v))
+    # Query i of block b sits at b * block + i, key j of its window at (b - 1) * block + j.
+    i, j, b = jnp.arange(block)[:, None], jnp.arange(2 * block)[None, :], jnp.arange(n)
+    mask = (j <= i + block)[None] & ((b[:, None, None] > 0) | (j >= block)[None])  # [n, bl, 2bl]
+    mask = jnp.broadcast_to(mask[None, :, None], (batch, n, 1, block, 2 * block))
+    flat = lambda a: a.reshape((batch * n,) + a.shape[2:])
+    out = jax.nn.dot_product_attention(flat(split(q)), flat(k), flat(v), mask=flat(mask))
+    return self.out(out.reshape(q.shape))  # [B, T, D]
+
 
 class Mlp(nn.Module):
   """Dense -> GELU -> dense."""
@@ -154,6 +185,7 @@ class Block(nn.Module):
   mlp_dim: int  # MLP hidden width
   cross_attention: bool = False  # whether the block attends to a context
   dropout_rate: float = 0.0  # dropout on each residual branch (rng stream 'dropout')
+  local_block: int = 0  # > 0: causal self-attention over the last 1-2 blocks of this many tokens
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32  # parameter dtype
 
@@ -188,7 +220,12 @@ class Block(nn.Module):
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, cross_kv: KV | None = None,
                *, deterministic: bool = True) -> jax.Array:
-    h = self.self_attn(self._norm(self.self_norm, x), mask)
+    if self.local_block:
+      if mask is not None:
+        raise ValueError("local_block attention is causal by construction: pass no mask")
+      h = self.self_attn.attend_local(self._norm(self.self_norm, x), self.local_block)
+    else:
+      h = self.self_attn(self._norm(self.self_norm, x), mask)
     x = x + self.dropout(h, deterministic=deterministic)
     return self._rest(x, cross_kv, deterministic)
 
@@ -202,7 +239,9 @@ class Block(nn.Module):
              "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
     cache = {name: nn.with_logical_constraint(a, CACHE_AXES) for name, a in cache.items()}
     q_positions = index + jnp.arange(x.shape[1])
-    mask = causal_mask(q_positions, jnp.arange(cache["k"].shape[1]))
+    k_positions = jnp.arange(cache["k"].shape[1])
+    mask = (local_causal_mask(q_positions, k_positions, self.local_block) if self.local_block
+            else causal_mask(q_positions, k_positions))
     x = x + self.self_attn.attend(h, (cache["k"], cache["v"]), mask)
     return self._rest(x, cross_kv, deterministic=True), cache
 
@@ -216,13 +255,15 @@ class Transformer(nn.Module):
   mlp_dim: int  # MLP hidden width
   cross_attention: bool = False  # blocks attend to a context (pass `cross_kv`)
   dropout_rate: float = 0.0  # residual dropout (rng stream 'dropout')
+  local_block: int = 0  # > 0: block-local causal self-attention (see `Attention.attend_local`)
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32  # parameter dtype
 
   def setup(self):
     self.blocks = [
         Block(self.features, self.num_heads, self.head_dim, self.mlp_dim, self.cross_attention,
-              self.dropout_rate, self.dtype, self.param_dtype, name=f"block{i}")
+              self.dropout_rate, self.local_block, self.dtype, self.param_dtype,
+              name=f"block{i}")
         for i in range(self.num_layers)]
     self.final_norm = layer_norm("final_norm", self.param_dtype)
 
