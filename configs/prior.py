@@ -37,7 +37,7 @@ _SIZE_OVERRIDES = {
         "prior": dict(max_frames=64, d_model=1024, num_heads=16, head_dim=64, mlp_dim=4096,
                       temporal_layers=12, spatial_layers=4, audio_layers=6, code_embed_dim=64,
                       style_dim=32, style_hidden=1024, depth_dim=512, depth_layers=4,
-                      dropout_rate=0.1),
+                      depth_window_rows=0, dropout_rate=0.1),
         "data": dict(batch_size=256, frames_per_example=64),
         "optim": dict(lr=3e-4, warmup_steps=5000, decay_steps=500_000),
         "loss": dict(kl_anneal_steps=50_000, label_smoothing=0.1),
@@ -83,9 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       code_embed_dim=16,  # per-position code embedding width
       style_dim=16,  # style latent width (DESIGN: >= 16)
       style_hidden=128,  # style encoder MLP width
-      depth_dim=64,  # MAR depth transformer width
-      depth_layers=2,  # MAR depth transformer blocks
-      depth_window_rows=0,  # MAR: grid rows per local depth-attention block (0: whole frame)
+      depth_dim=32,  # MAR depth transformer width (its ~115k tokens a step cost most on CPU)
+      depth_layers=1,  # MAR depth transformer blocks
+      depth_window_rows=1,  # MAR: grid rows per local depth-attention block (0: whole frame)
       mel_mean=-8.0,  # log-mel normalisation offset
       mel_std=4.0,  # log-mel normalisation scale
       dropout_rate=0.0,  # residual dropout (tiny: none, the data is plentiful)

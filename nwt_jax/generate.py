@@ -216,11 +216,12 @@ class Generator:
     self._render = jax.jit(make_renderer(models.dvae))
     self._frame_shape = tuple(models.prior.grid) + (models.prior.code_heads,)
 
-  def codes(self, mel: np.ndarray, episodes: np.ndarray, z: np.ndarray, seed: int, *,
-            progress: bool = False) -> np.ndarray:
-    """Codes int32 [B, T, gh, gw, K] for B streams of T frames.
+  def stream(self, mel: np.ndarray, episodes: np.ndarray, z: np.ndarray, seed: int, *,
+             progress: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields (first frame, codes int32 [B, n, gh, gw, K]) for each window's new frames, in order.
 
-    mel [4T, 80] or [B, 4T, 80] (per stream), episodes int [T] or [B, T], z [B, style_dim].
+    mel [4T, 80] or [B, 4T, 80] (per stream), episodes int [T] or [B, T], z [B, style_dim]. Only
+    the previous window's prompt frames are kept, so memory does not grow with T.
     """
     batch, w = z.shape[0], self.window
     if batch != self.batch:
@@ -230,27 +231,37 @@ class Generator:
     episodes = np.broadcast_to(episodes, (batch, num_frames))  # [B, T]
     if mel.shape[1] != MEL_PER_FRAME * num_frames:
       raise ValueError(f"mel {mel.shape} does not cover {num_frames} frames")
-    out = np.zeros((batch, num_frames) + self._frame_shape, np.int32)
     cache = self.models.prior.init_cache(batch)
     rng = jax.random.key(seed)
     # Silence (the log floor) and the last episode pad the final window to the compiled length.
-    mel_pad = np.pad(mel, ((0, 0), (0, MEL_PER_FRAME * w), (0, 0)),
-                     constant_values=math.log(audio_lib.LOG_FLOOR))
-    episodes_pad = np.pad(episodes, ((0, 0), (0, w)), mode="edge")
+    floor = math.log(audio_lib.LOG_FLOOR)
+    given = np.zeros((batch, w) + self._frame_shape, np.int32)  # the prompt, then zeros
     bar = _progress_bar(num_frames, progress)
     for index, (start, prompt) in enumerate(windows(num_frames, w, self.overlap)):
-      given = np.zeros((batch, w) + self._frame_shape, np.int32)
-      given[:, :prompt] = out[:, start:start + prompt]
-      codes, cache = self._sampler(
-          self.models.prior_params,
-          jnp.asarray(mel_pad[:, MEL_PER_FRAME * start:MEL_PER_FRAME * (start + w)]),
-          jnp.asarray(episodes_pad[:, start:start + w]), jnp.asarray(z),
-          jax.random.fold_in(rng, index), cache, jnp.asarray(given), jnp.int32(prompt))
       stop = min(start + w, num_frames)
-      out[:, start + prompt:stop] = np.asarray(codes)[:, prompt:stop - start]
+      window_mel = np.full((batch, MEL_PER_FRAME * w, mel.shape[-1]), floor, np.float32)
+      window_mel[:, :MEL_PER_FRAME * (stop - start)] = mel[:, MEL_PER_FRAME * start:
+                                                           MEL_PER_FRAME * stop]
+      window_episodes = np.empty((batch, w), np.int32)
+      window_episodes[:, :stop - start] = episodes[:, start:stop]
+      window_episodes[:, stop - start:] = episodes[:, stop - 1:stop]
+      codes, cache = self._sampler(
+          self.models.prior_params, jnp.asarray(window_mel), jnp.asarray(window_episodes),
+          jnp.asarray(z), jax.random.fold_in(rng, index), cache, jnp.asarray(given),
+          jnp.int32(prompt))
+      codes = np.asarray(codes)[:, :stop - start]  # [B, frames of this window, ...]
+      given[:] = 0
+      if self.overlap:  # the next window starts `overlap` frames before this one's end
+        given[:, :self.overlap] = codes[:, -self.overlap:]
       bar.update(stop - start - prompt)
+      yield start + prompt, codes[:, prompt:]
     bar.close()
-    return out
+
+  def codes(self, mel: np.ndarray, episodes: np.ndarray, z: np.ndarray, seed: int, *,
+            progress: bool = False) -> np.ndarray:
+    """All codes int32 [B, T, gh, gw, K] of `stream(...)` in one array."""
+    return np.concatenate([codes for _, codes in self.stream(mel, episodes, z, seed,
+                                                             progress=progress)], axis=1)
 
   def frames(self, codes: np.ndarray, episodes: np.ndarray) -> np.ndarray:
     """codes [B, T, gh, gw, K], episodes [T] or [B, T] -> uint8 frames [B, T, H, W, 3]."""
@@ -326,15 +337,17 @@ def generate(models: Models, request: Request, *, progress: bool = False) -> dic
   if request.traverse_dim >= 0:
     z = traversal_latents(z[0], request.traverse_dim)  # [5, style_dim]
   generator = Generator(models, request.options, batch=z.shape[0])
-  codes = generator.codes(mel, episodes, z, request.seed, progress=progress)
-  frames = tile(generator.frames(codes, episodes))
+  chunks = generator.stream(mel, episodes, z, request.seed, progress=progress)
+  # Each window's frames go to the encoder as they are rendered: memory stays flat with length.
+  frames = (tile(generator.frames(codes, episodes[first:first + codes.shape[1]]))
+            for first, codes in chunks)
   video_io.write_video(request.output, frames, fps=FPS,
                        audio=audio[:num_frames * SAMPLES_PER_FRAME], sample_rate=SAMPLE_RATE)
   seconds = time.perf_counter() - start
   audio_seconds = num_frames / FPS
   return {"output": request.output, "frames": num_frames, "audio_seconds": audio_seconds,
           "wall_seconds": seconds, "rtf": seconds / audio_seconds, "streams": int(z.shape[0]),
-          "codes": codes, "episodes": episodes, "z": z}
+          "episodes": episodes, "z": z}
 
 
 def load_models(dvae_workdir: str, prior_workdir: str) -> Models:

@@ -21,7 +21,7 @@ import re
 import secrets
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -182,25 +182,36 @@ def _to_float_audio(audio: np.ndarray) -> np.ndarray:
   return audio.astype(np.float32)
 
 
-def write_video(path: str, frames: np.ndarray, *, fps: float, audio: np.ndarray | None = None,
-                sample_rate: int = DEFAULT_SAMPLE_RATE, crf: int = 18) -> None:
+def _check_frames(path: str, frames: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+  frames = np.asarray(frames)
+  if (frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames)
+      or (shape is not None and frames.shape[1:] != shape)):
+    raise ValueError(f"{path}: frames must be uint8 [T>0, H, W, 3]"
+                     f"{'' if shape is None else f' with H, W = {shape[:2]}'}, got "
+                     f"{frames.dtype} {frames.shape}")
+  return frames
+
+
+def write_video(path: str, frames: np.ndarray | Iterable[np.ndarray], *, fps: float,
+                audio: np.ndarray | None = None, sample_rate: int = DEFAULT_SAMPLE_RATE,
+                crf: int = 18) -> None:
   """Writes uint8 [T, H, W, 3] frames as H.264 (yuv420p) mp4, with mono `audio` muxed as AAC.
 
-  `audio` is int16 or float in [-1, 1] at `sample_rate`. Odd frame sizes are padded by one black
-  row/column (yuv420p needs even sizes). The file appears only when complete: ffmpeg writes a
-  temporary file next to `path`, renamed on success and removed on failure.
+  `frames` is one array or an iterable of [n, H, W, 3] chunks, piped to ffmpeg as they come (so
+  a long video never sits in memory whole). `audio` is int16 or float in [-1, 1] at
+  `sample_rate`. Odd frame sizes are padded by one black row/column (yuv420p needs even sizes).
+  The file appears only when complete: ffmpeg writes a temporary file next to `path`, renamed on
+  success and removed on failure (also when the iterable raises).
   """
   path = os.fspath(path)
-  frames = np.asarray(frames)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
-    raise ValueError(f"{path}: frames must be uint8 [T>0, H, W, 3], got {frames.dtype} "
-                     f"{frames.shape}")
+  chunks = iter([frames] if isinstance(frames, np.ndarray) else frames)
   if fps <= 0:
     raise ValueError(f"{path}: fps must be positive, got {fps}")
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(directory):
     raise VideoIOError(f"{path}: directory {directory} does not exist")
-  _, height, width, _ = frames.shape
+  first = _check_frames(path, next(chunks, np.zeros((0,), np.uint8)), None)
+  _, height, width, _ = first.shape
   with tempfile.TemporaryDirectory() as scratch:
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps),
@@ -215,12 +226,24 @@ def write_video(path: str, frames: np.ndarray, *, fps: float, audio: np.ndarray 
     # ffmpeg creates the temporary file itself, so it gets the user's normal permissions.
     tmp_name = f".{os.path.basename(path)}.{secrets.token_hex(4)}.partial"
     tmp_path = os.path.join(directory, tmp_name)
-    try:
-      proc = subprocess.run(cmd + [tmp_path], input=frames.tobytes(), capture_output=True,
-                            check=False)
-      if proc.returncode != 0:
-        raise VideoIOError(f"{path}: encoding failed ({_last_lines(proc.stderr)})")
-      os.replace(tmp_path, path)
-    finally:
-      if os.path.exists(tmp_path):
-        os.remove(tmp_path)
+    with open(os.path.join(scratch, "stderr"), "w+b") as stderr:
+      proc = subprocess.Popen(cmd + [tmp_path], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=stderr)
+      try:
+        try:
+          proc.stdin.write(first.tobytes())
+          for chunk in chunks:
+            proc.stdin.write(_check_frames(path, chunk, first.shape[1:]).tobytes())
+          proc.stdin.close()
+        except BrokenPipeError:
+          pass  # ffmpeg stopped early; its exit code and stderr say why
+        if proc.wait() != 0:
+          stderr.seek(0)
+          raise VideoIOError(f"{path}: encoding failed ({_last_lines(stderr.read())})")
+        os.replace(tmp_path, path)
+      finally:
+        if proc.poll() is None:
+          proc.kill()
+          proc.wait()
+        if os.path.exists(tmp_path):
+          os.remove(tmp_path)

@@ -143,8 +143,8 @@ def test_dvae_peer_losses_equal_jax_with_copied_weights():
 def test_prior_peer_loss_equals_jax_with_copied_weights(decoder):
   pc = _small_prior_config(decoder.removesuffix("_local"))
   manifest = bench.manifest_from_dvae(_small_dvae_config(), pc.data.frames_per_example)
-  if decoder == "mar_local":  # depth attention within one grid row and the one before
-    pc.prior.depth_window_rows = 1
+  # 'mar': depth attention over the whole frame; 'mar_local': one grid row and the one before.
+  pc.prior.depth_window_rows = int(decoder == "mar_local")
   model = train_prior.make_model(pc, manifest)
   batch = bench.prior_batch(pc, manifest)
   params = nn.unbox(model.init(jax.random.key(0), batch["codes"], batch["mel"], batch["episode"],

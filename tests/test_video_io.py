@@ -132,3 +132,23 @@ def test_odd_frame_size_is_padded(tmp_path):
   video_io.write_video(path, np.full((3, 7, 9, 3), 128, np.uint8), fps=30)
   info = video_io.probe(path)
   assert (info.height, info.width) == (8, 10)
+
+
+def test_chunks_are_piped_as_they_come_and_a_failing_producer_leaves_nothing(tmp_path):
+  frames = np.zeros((30, 16, 16, 3), np.uint8)
+  frames[..., 2] = (np.arange(30) * 8)[:, None, None]  # blue ramps over time
+  path = tmp_path / "chunked.mp4"
+  video_io.write_video(path, (frames[i:i + 7] for i in range(0, 30, 7)), fps=30)
+  video = video_io.read_video(path, height=16, width=16)
+  assert video.shape == frames.shape
+  assert np.abs(video.astype(int) - frames).mean() < 3
+
+  def failing():
+    yield frames[:10]
+    raise RuntimeError("sampler died")
+
+  with pytest.raises(RuntimeError, match="sampler died"):
+    video_io.write_video(tmp_path / "broken.mp4", failing(), fps=30)
+  with pytest.raises(ValueError, match="with H, W = \\(16, 16\\)"):
+    video_io.write_video(tmp_path / "broken.mp4", iter([frames[:5], frames[:5, :8]]), fps=30)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["chunked.mp4"]
