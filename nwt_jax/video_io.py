@@ -12,9 +12,13 @@ stereo AAC file: the two agree to 2e-7 relative RMS (pinned by `tests/test_video
 inside ffmpeg avoids a second pass over native-rate audio, a librosa import (1 s on first use) and
 parsing channel layouts out of ffmpeg's log. (`librosa.load` cannot read audio inside mp4 at all.)
 
+ffmpeg reads and writes local files: `local_copy` stages a remote (`gs://`, any `etils.epath`)
+input, and `write_video` to a remote path encodes locally and uploads the finished file.
+
 Every failure raises `VideoIOError`, whose message names the file.
 """
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -50,6 +54,28 @@ class MediaInfo:
 def ffmpeg_exe() -> str:
   import imageio_ffmpeg  # pylint: disable=g-import-not-at-top  (I/O dependency, loaded on use)
   return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def is_remote(path) -> bool:
+  """Whether `path` is a URL (gs://...) rather than a local file ffmpeg can open."""
+  return "://" in os.fspath(path)
+
+
+@contextlib.contextmanager
+def local_copy(path) -> Iterator[str]:
+  """`path` itself if it is local, else a temporary local copy of it (removed on exit)."""
+  path = os.fspath(path)
+  if not is_remote(path):
+    yield path
+    return
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as scratch:
+    local = os.path.join(scratch, os.path.basename(path))
+    try:
+      epath.Path(path).copy(local)
+    except (OSError, ValueError) as e:
+      raise VideoIOError(f"{path}: cannot fetch it ({e})") from None
+    yield local
 
 
 def _check_readable(path: str) -> str:
@@ -191,6 +217,13 @@ def write_video(path: str, frames: np.ndarray, *, fps: float, audio: np.ndarray 
   temporary file next to `path`, renamed on success and removed on failure.
   """
   path = os.fspath(path)
+  if "://" in path:  # remote: encode locally, then upload the complete file (none on failure)
+    with tempfile.TemporaryDirectory() as scratch:
+      local = os.path.join(scratch, os.path.basename(path))
+      write_video(local, frames, fps=fps, audio=audio, sample_rate=sample_rate, crf=crf)
+      from etils import epath  # pylint: disable=g-import-not-at-top
+      epath.Path(local).copy(path, overwrite=True)
+    return
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
     raise ValueError(f"{path}: frames must be uint8 [T>0, H, W, 3], got {frames.dtype} "
