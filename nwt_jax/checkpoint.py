@@ -13,13 +13,15 @@ run goes may change (`MAY_DIFFER_ON_RESUME`).
 
 from collections.abc import Callable, Iterable, Mapping
 import json
-import os
+import time
 from typing import Any
 
 from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from nwt_jax import errors
 
 # Config fields (dotted prefixes) allowed to differ between a checkpoint and the resuming run.
 MAY_DIFFER_ON_RESUME = (
@@ -31,7 +33,7 @@ MAY_DIFFER_ON_RESUME = (
 )
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(errors.UserError, ValueError):
   """The resuming run's config differs from its checkpoint's in a field that must match."""
 
 
@@ -73,6 +75,10 @@ def check_config_compatible(saved: Mapping[str, Any], current: Mapping[str, Any]
         + ", ".join(may_differ) + ".)")
 
 
+class CheckpointWriteError(errors.UserError, OSError):
+  """A checkpoint could not be written (disk full, no permission); what it left is removed."""
+
+
 class Checkpointer:
   """Saves and restores (state, data position, config) under `<workdir>/checkpoints`."""
 
@@ -94,6 +100,8 @@ class Checkpointer:
         create=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "data", "config"))
+    self._pending = None  # the step of a save that may still be writing
+    self._closed = False
 
   def latest_step(self) -> int | None:
     """The newest finalized checkpoint's step (unfinished saves are invisible), or None."""
@@ -110,7 +118,72 @@ class Checkpointer:
                               data=ocp.args.JsonSave(dict(data_state)),
                               config=ocp.args.JsonSave(self._config))
     metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-    return self._manager.save(step, args=args, metrics=metrics, force=True)
+    self._wait_for_pending()  # a failed previous save is reported as its own step's failure
+    self._pending = step
+    try:
+      return self._manager.save(step, args=args, metrics=metrics, force=True)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised by _discard_unfinished)
+      self._discard_unfinished(e)
+
+  def _wait_for_pending(self) -> None:
+    if self._pending is None:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  (re-raised by _discard_unfinished)
+      self._discard_unfinished(e)
+    self._pending = None
+
+  def _finished_steps(self) -> list[int]:
+    return sorted(int(p.name) for p in self.directory.iterdir()
+                  if p.name.isdigit() and (p / "commit_success.txt").exists())
+
+  def _unfinished(self, step: int) -> list[epath.Path]:
+    # Locally orbax writes `<step>.orbax-checkpoint-tmp*` and renames it when complete; on GCS
+    # it writes `<step>` and marks completion with commit_success.txt.
+    paths = list(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+    final = self.directory / str(step)
+    if final.exists() and not (final / "commit_success.txt").exists():
+      paths.append(final)
+    return paths
+
+  def _remove_unfinished(self, step: int, quiet_seconds: float = 0.5,
+                         timeout: float = 60.0) -> None:
+    """Removes a failed save's files. Orbax gives no handle on that save's other writers
+    (tensorstore may still be writing its arrays after the JSON item failed), so this removes
+    until nothing has reappeared for `quiet_seconds`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+      leftovers = self._unfinished(step)
+      for path in leftovers:
+        try:
+          path.rmtree(missing_ok=True)
+        except OSError:  # a writer added a file while it was being removed: go again
+          pass
+      if not leftovers:
+        time.sleep(quiet_seconds)
+        if not self._unfinished(step):
+          return
+      time.sleep(0.05)
+
+  def _discard_unfinished(self, error: Exception) -> None:
+    """Removes what the failed save of step `self._pending` wrote, so nothing half-written
+    remains, then raises: CheckpointWriteError for an OSError (disk full, permissions: the
+    user can fix it), the original error otherwise."""
+    step, self._pending = self._pending, None
+    # Orbax's other writer threads of that save may still be running: stop them before removing
+    # what they wrote (the manager is not used again; the error ends the run).
+    self._close_manager(quietly=True)
+    self._remove_unfinished(step)
+    if not isinstance(error, OSError):
+      raise error
+    finished = self._finished_steps()
+    kept = (f"checkpoint {finished[-1]} is intact" if finished
+            else "no earlier checkpoint exists")
+    raise CheckpointWriteError(
+        f"Writing checkpoint {step} into {self.directory} failed "
+        f"({error.strerror or error}); the unfinished checkpoint was removed and {kept}. Free "
+        "space (or fix the directory) and rerun the same command to resume.") from error
 
   def saved_config(self, step: int | None = None) -> dict[str, Any]:
     step = self._step_or_latest(step)
@@ -137,18 +210,38 @@ class Checkpointer:
     return step
 
   def wait_until_finished(self) -> None:
-    self._manager.wait_until_finished()
+    self._wait_for_pending()
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager's threads."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self._wait_for_pending()
+    finally:
+      self._close_manager()
+
+  def _close_manager(self, quietly: bool = False) -> None:
+    """Closes the manager once; `quietly` after a failed save, whose threads may fail too
+    (that failure is already being reported)."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self._manager.close()
+    except Exception:  # pylint: disable=broad-except
+      if not quietly:
+        raise
 
   def __enter__(self) -> "Checkpointer":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, *exc) -> None:
+    if exc_type is None:
+      self.close()
+      return
+    try:  # already failing: report that error, not a pending save's
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -166,15 +259,15 @@ def restore_frozen(workdir: str, model_name: str,
   one saved with the checkpoint, `abstract_state(config)` gives the state's abstract tree
   (`jax.eval_shape` of the trainer's init), and `model_name` must be the saved `config.model`.
   """
-  if "://" not in str(workdir) and not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise FileNotFoundError(f"No checkpoints in {workdir}/checkpoints.")
+  if not (epath.Path(workdir) / "checkpoints").is_dir():
+    raise errors.MissingInput(f"No checkpoints in {workdir}/checkpoints.")
   with Checkpointer(workdir, {}, async_save=False) as reader:
     step = reader.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"No finished checkpoint in {workdir}/checkpoints.")
+      raise errors.MissingInput(f"No finished checkpoint in {workdir}/checkpoints.")
     config = ml_collections.ConfigDict(reader.saved_config(step))
   if config.get("model") != model_name:
-    raise ValueError(f"{workdir} holds a {config.get('model')!r} run, not a {model_name!r} one.")
+    raise errors.InvalidInput(f"{workdir} holds a {config.get('model')!r} run, not a {model_name!r} one.")
   abstract = abstract_state(config)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with Checkpointer(workdir, config, async_save=False) as reader:

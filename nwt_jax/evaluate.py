@@ -425,16 +425,16 @@ def evaluate_reconstruction(models, clips: list[dict], *, probe: Probe | None = 
 def load_or_train_probe(path: str, height: int, width: int, *, log=print) -> Probe:
   """The probe saved at `path`, or a new one trained (about a minute), checked and saved there.
   Raises UntrustedProbeError if it misses its quality bar."""
-  import os  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
   from nwt_jax import probe as probe_lib  # pylint: disable=g-import-not-at-top
-  if path and os.path.exists(path):
+  if path and epath.Path(path).exists():
     probe = probe_lib.load_probe(path)
   else:
     probe = probe_lib.train_probe(height=height, width=width, log=log)
   quality = probe_lib.require_trusted(probe)
   log("probe: held-out r " + ", ".join(f"{k} {v:.3f}" for k, v in quality["r"].items())
       + f"; episode accuracy {quality['episode_accuracy']:.3f}")
-  if path and not os.path.exists(path):
+  if path and not epath.Path(path).exists():
     probe_lib.save_probe(probe, path)
   return probe
 
@@ -464,8 +464,8 @@ def main(argv):
   text = json.dumps(metrics, indent=2, default=float)
   print(text)
   if f.output:
-    with open(f.output, "w") as out:
-      out.write(text + "\n")
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    epath.Path(f.output).write_text(text + "\n")
 
 
 def _define_flags():

@@ -23,11 +23,13 @@ from typing import Any
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nwt_jax import audio as audio_lib
+from nwt_jax import errors
 from nwt_jax import sampling
 from nwt_jax import synthetic
 from nwt_jax.models import dvae as dvae_lib
@@ -41,7 +43,7 @@ TRAVERSE_STEPS = (-2.0, -1.0, 0.0, 1.0, 2.0)  # multiples of the prior's sigma (
 DECODE_CHUNK = 32  # frames per dVAE decoder call (one compilation for any length)
 
 
-class GenerateError(ValueError):
+class GenerateError(errors.UserError, ValueError):
   """Input the generator cannot use; the message says what is wrong and what to do."""
 
 
@@ -132,8 +134,9 @@ def style_latent(models: Models, spec: str, seed: int, *, reference_frames=None)
     if reference_frames is None:
       from nwt_jax import video_io  # pylint: disable=g-import-not-at-top
       try:
-        reference_frames = video_io.read_video(value, height=models.frame_size[0],
-                                               width=models.frame_size[1])
+        with video_io.local_copy(value) as local:  # gs:// too
+          reference_frames = video_io.read_video(local, height=models.frame_size[0],
+                                                 width=models.frame_size[1])
       except (video_io.VideoIOError, OSError) as e:
         raise GenerateError(f"--style=reference: {e}") from None
     return reference_style(models, reference_frames)
@@ -169,7 +172,8 @@ def load_audio(path: str) -> np.ndarray:
   """Any audio ffmpeg reads -> float32 mono at 24 kHz, at least one video frame long."""
   from nwt_jax import video_io  # pylint: disable=g-import-not-at-top
   try:
-    audio = video_io.read_audio(path, sample_rate=SAMPLE_RATE)
+    with video_io.local_copy(path) as local:  # gs:// too
+      audio = video_io.read_audio(local, sample_rate=SAMPLE_RATE)
   except (video_io.VideoIOError, OSError) as e:
     raise GenerateError(f"cannot read audio: {e}") from None
   if len(audio) < SAMPLES_PER_FRAME:
@@ -318,10 +322,9 @@ class Request:
 
 def generate(models: Models, request: Request, *, progress: bool = False) -> dict[str, Any]:
   """Runs one request end to end and writes `request.output`; returns what it measured."""
-  import os  # pylint: disable=g-import-not-at-top
   from nwt_jax import video_io  # pylint: disable=g-import-not-at-top
-  directory = os.path.dirname(os.path.abspath(request.output))
-  if not os.path.isdir(directory):
+  directory = epath.Path(request.output).parent  # (gs:// has no directories to check)
+  if not video_io.is_remote(request.output) and not directory.is_dir():
     raise GenerateError(f"--output {request.output}: directory {directory} does not exist")
   models.check_compatible()
   start = time.perf_counter()
@@ -365,8 +368,7 @@ def load_models(dvae_workdir: str, prior_workdir: str) -> Models:
 
 
 def _restore(what: str, restore, workdir: str):
-  import os  # pylint: disable=g-import-not-at-top
-  if not workdir or not os.path.isdir(workdir):
+  if not workdir or not epath.Path(workdir).is_dir():
     raise GenerateError(f"the {what} workdir {workdir!r} does not exist")
   try:
     return restore(workdir)
@@ -406,7 +408,7 @@ def main(argv):
                       FLAGS.style, FLAGS.traverse_dim, options, FLAGS.seed)
     models = load_models(FLAGS.dvae_workdir, FLAGS.prior_workdir)
     result = generate(models, request, progress=True)
-  except (GenerateError, ValueError) as e:
+  except (errors.UserError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   print(f"Wrote {result['output']}: {result['frames']} frames, {result['audio_seconds']:.2f} s "

@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from nwt_jax import audio as audio_lib
+from nwt_jax import errors
 from nwt_jax import synthetic
 
 SPLITS = ("train", "validation")
@@ -114,12 +115,12 @@ class TfdsSource:
       builder = tfds.core.read_only_builder.builder_from_files(
           cfg.tfds_name, data_dir=cfg.data_dir or None)
     except tfds.core.registered.DatasetNotFoundError as e:
-      raise FileNotFoundError(
+      raise errors.MissingInput(
           f"No built dataset {where}: build it first, e.g. `tfds build tfds_builders/nwt_clips "
           f"--config=synthetic --data_dir={cfg.data_dir or '<data_dir>'}`") from e
     file_format = builder.info.file_format
     if file_format != tfds.core.FileFormat.ARRAY_RECORD:
-      raise ValueError(
+      raise errors.InvalidInput(
           f"{where} is stored as {file_format.value if file_format else 'unknown'}; the input "
           f"pipeline needs random access: rebuild it with `tfds build ... "
           f"--file_format=array_record` (the nwt_clips builder's default).")
@@ -213,14 +214,14 @@ class DataIterator:
                repeat: bool, drop_remainder: bool, seed: int, process_index: int,
                process_count: int, prefetch: int = 2, num_workers: int = 4):
     if batch_size <= 0 or batch_size % process_count:
-      raise ValueError(f"global batch_size {batch_size} must be a positive multiple of "
+      raise errors.InvalidInput(f"global batch_size {batch_size} must be a positive multiple of "
                        f"process_count {process_count}")
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     if len(source) == 0:
-      raise ValueError("the data source holds no examples")
+      raise errors.InvalidInput("the data source holds no examples")
     if not repeat and drop_remainder and len(source) < batch_size:
-      raise ValueError(f"{len(source)} examples make no full batch of {batch_size} "
+      raise errors.InvalidInput(f"{len(source)} examples make no full batch of {batch_size} "
                        f"(set drop_remainder=False to pad)")
     self._source = source
     self._batch_size = batch_size
@@ -355,10 +356,10 @@ def create_iterator(data_config: ml_collections.ConfigDict, split: str, *, seed:
   cfg = default_config()
   unknown = set(data_config.keys()) - set(cfg.keys())
   if unknown:
-    raise ValueError(f"unknown data config fields {sorted(unknown)}; known: {sorted(cfg.keys())}")
+    raise errors.InvalidInput(f"unknown data config fields {sorted(unknown)}; known: {sorted(cfg.keys())}")
   cfg.update(data_config)
   if cfg.source not in SOURCES:
-    raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {cfg.source!r}")
+    raise errors.InvalidInput(f"data.source must be one of {sorted(SOURCES)}, got {cfg.source!r}")
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   train = split == "train"

@@ -18,10 +18,10 @@ Only jax, flax, optax and numpy are used (fp32), so it runs wherever the models 
 
 import dataclasses
 import functools
-import os
 import time
 from collections.abc import Callable
 
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -313,14 +313,16 @@ def save_probe(probe: Probe, path: str) -> None:
   """Writes the probe to one .npz file, atomically (a temporary file, then a rename)."""
   arrays = {"/".join(k): np.asarray(v)
             for k, v in traverse_util.flatten_dict(probe.params).items()}
-  tmp = f"{path}.tmp.npz"
-  np.savez(tmp, **arrays, _height=probe.height, _width=probe.width)
-  os.replace(tmp, path)
+  path = epath.Path(path)
+  tmp = path.parent / f"{path.name}.tmp.npz"
+  with tmp.open("wb") as f:
+    np.savez(f, **arrays, _height=probe.height, _width=probe.width)
+  tmp.replace(path)
 
 
 def load_probe(path: str) -> Probe:
   """Reads a probe written by `save_probe`."""
-  with np.load(path) as data:
+  with epath.Path(path).open("rb") as f, np.load(f) as data:
     params = traverse_util.unflatten_dict(
         {tuple(k.split("/")): data[k] for k in data.files if not k.startswith("_")})
     return Probe(params, int(data["_height"]), int(data["_width"]))

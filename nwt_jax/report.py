@@ -8,9 +8,9 @@ has pixels), which the browser test reads back.
 
 import html
 import json
-import os
 from collections.abc import Mapping, Sequence
 
+from etils import epath
 import numpy as np
 
 
@@ -148,7 +148,7 @@ pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 {_CHECK_SCRIPT}
 </body></html>
 """
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(page)
-  os.replace(tmp, path)
+  path = epath.Path(path)
+  tmp = path.parent / f"{path.name}.tmp"
+  tmp.write_text(page)
+  tmp.replace(path)

@@ -21,6 +21,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from nwt_jax import errors
+
 MESH_AXES = ("data", "fsdp", "model")
 
 LOGICAL_AXIS_RULES = (
@@ -47,14 +49,14 @@ def make_mesh(mesh_config: Mapping[str, int], devices: list[jax.Device] | None =
   sizes = [int(mesh_config[name]) for name in MESH_AXES]
   described = " x ".join(f"{n}={s}" for n, s in zip(MESH_AXES, sizes))
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"Mesh {described}: sizes must be positive, with at most one -1.")
+    raise errors.InvalidInput(f"Mesh {described}: sizes must be positive, with at most one -1.")
   if -1 in sizes:
     known = -math.prod(sizes)
     if len(devices) % known:
-      raise ValueError(f"Mesh {described}: {len(devices)} devices are not divisible by {known}.")
+      raise errors.InvalidInput(f"Mesh {described}: {len(devices)} devices are not divisible by {known}.")
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(
+    raise errors.InvalidInput(
         f"Mesh {described} needs {math.prod(sizes)} devices but there are {len(devices)}; "
         "set one axis to -1 to fill it from the device count.")
   try:
@@ -135,6 +137,19 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def batch_not_divisible(batch_size: int, ways: int, what: str = "data.batch_size") -> str:
+  return (f"{what}: global batch size {batch_size} is not divisible by data x fsdp = {ways} "
+          f"(the mesh's batch axes); use a multiple of {ways}.")
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = "data.batch_size") -> None:
+  """Raises InvalidInput unless a global batch of `batch_size` rows splits over the mesh's
+  batch axes (checked before compiling, so the user learns it in seconds)."""
+  ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % ways:
+    raise errors.InvalidInput(batch_not_divisible(batch_size, ways, what))
+
+
 def put_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's rows of a global batch -> global arrays sharded by `batch_sharding`."""
   sharding = batch_sharding(mesh)
@@ -143,8 +158,7 @@ def put_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   for key, rows in local_batch.items():
     global_rows = rows.shape[0] * jax.process_count()
     if global_rows % ways:
-      raise ValueError(f"Batch {key!r}: global batch size {global_rows} is not divisible by "
-                       f"data x fsdp = {ways}.")
+      raise errors.InvalidInput(batch_not_divisible(global_rows, ways, f"batch {key!r}"))
     out[key] = jax.make_array_from_process_local_data(sharding, rows)
   return out
 

@@ -17,7 +17,8 @@ Layout of a tokens directory:
 
 A shard is written into `<name>.tmp-<pid>` and renamed when complete, so a directory named
 `shard-*-of-*` is always whole; an interrupted tokenization leaves only missing shards to redo.
-Files are read memory-mapped, so a corpus larger than memory can be served.
+Local files are read memory-mapped, so a corpus larger than memory can be served; paths go
+through `etils.epath`, so a `gs://` tokens directory works too (its shards are read into memory).
 
 The iterator is `input_pipeline.DataIterator` over a `TokenSource`: the same sampler (global batch
 k a pure function of seed and k, each process loading only its rows, `get_state`/`set_state`
@@ -32,13 +33,15 @@ mel, truth and mouth alike:
 """
 
 import concurrent.futures
+import io
 import json
 import os
-import shutil
 
+from etils import epath
 import ml_collections
 import numpy as np
 
+from nwt_jax import errors
 from nwt_jax import input_pipeline
 
 MANIFEST = "manifest.json"
@@ -68,9 +71,9 @@ def tokens_dir(config: ml_collections.ConfigDict) -> str:
   if path:
     return path
   if not config.get("dvae_workdir"):
-    raise ValueError("Set config.data.tokens_dir (the output of `python -m nwt_jax.tokenize`) or "
+    raise errors.InvalidInput("Set config.data.tokens_dir (the output of `python -m nwt_jax.tokenize`) or "
                      "config.dvae_workdir (tokens then live in <dvae_workdir>/tokens).")
-  return os.path.join(config.dvae_workdir, "tokens")
+  return str(epath.Path(config.dvae_workdir) / "tokens")
 
 
 def shard_name(index: int, count: int) -> str:
@@ -78,39 +81,40 @@ def shard_name(index: int, count: int) -> str:
 
 
 def shard_path(root: str, split: str, index: int, count: int) -> str:
-  return os.path.join(root, split, shard_name(index, count))
+  return str(epath.Path(root) / split / shard_name(index, count))
 
 
 def read_manifest(root: str) -> dict:
-  path = os.path.join(root, MANIFEST)
-  if not os.path.exists(path):
-    raise FileNotFoundError(
+  path = epath.Path(root) / MANIFEST
+  if not path.exists():
+    raise errors.MissingInput(
         f"No {MANIFEST} in {root}: tokenize the clips first, e.g. `python -m nwt_jax.tokenize "
         f"--dvae_workdir=<stage-1 workdir> --output={root}`.")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def write_json_atomic(path: str, value: dict) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  path = epath.Path(path)
+  tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+  tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+  tmp.replace(path)
 
 
 def write_shard(path: str, arrays: dict[str, np.ndarray]) -> None:
   """Writes a shard's arrays into `path` (a directory) atomically: temp directory, then rename."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  path = epath.Path(path)
+  tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+  tmp.rmtree(missing_ok=True)
+  tmp.mkdir(parents=True)
   for key, value in arrays.items():
-    np.save(os.path.join(tmp, f"{key}.npy"), value)
-  os.rename(tmp, path)  # atomic; fails if another writer finished the same shard first
+    with (tmp / f"{key}.npy").open("wb") as f:
+      np.save(f, value)
+  tmp.rename(path)  # atomic locally; fails if another writer finished the same shard first
 
 
 def missing_shards(root: str, manifest: dict, split: str) -> list[int]:
   count = manifest["splits"][split]["num_shards"]
-  return [i for i in range(count) if not os.path.isdir(shard_path(root, split, i, count))]
+  return [i for i in range(count) if not epath.Path(shard_path(root, split, i, count)).is_dir()]
 
 
 class TokenSource:
@@ -119,14 +123,14 @@ class TokenSource:
   def __init__(self, root: str, split: str):
     self.manifest = read_manifest(root)
     if self.manifest.get("format") != FORMAT_VERSION:
-      raise ValueError(f"{root}: token format {self.manifest.get('format')}, this code reads "
+      raise errors.InvalidInput(f"{root}: token format {self.manifest.get('format')}, this code reads "
                        f"{FORMAT_VERSION}; re-run `python -m nwt_jax.tokenize`.")
     if split not in self.manifest["splits"]:
-      raise ValueError(f"{root} holds splits {sorted(self.manifest['splits'])}, not {split!r}")
+      raise errors.InvalidInput(f"{root} holds splits {sorted(self.manifest['splits'])}, not {split!r}")
     info = self.manifest["splits"][split]
     missing = missing_shards(root, self.manifest, split)
     if missing:
-      raise FileNotFoundError(
+      raise errors.MissingInput(
           f"{root}/{split}: {len(missing)} of {info['num_shards']} shards are missing (e.g. "
           f"{shard_name(missing[0], info['num_shards'])}); tokenization was interrupted: rerun "
           "the same `python -m nwt_jax.tokenize` command to write only those.")
@@ -141,10 +145,8 @@ class TokenSource:
 
   def _shard(self, index: int) -> dict[str, np.ndarray]:
     if index not in self._shards:  # a dict insert is atomic: worker threads may race harmlessly
-      path = self._paths[index]
-      self._shards[index] = {
-          f[:-4]: np.load(os.path.join(path, f), mmap_mode="r")
-          for f in sorted(os.listdir(path)) if f.endswith(".npy")}
+      files = sorted(epath.Path(self._paths[index]).glob("*.npy"))
+      self._shards[index] = {f.name[:-4]: _load_array(f) for f in files}
     return self._shards[index]
 
   def clip(self, index: int) -> dict[str, np.ndarray]:
@@ -155,6 +157,12 @@ class TokenSource:
   def load(self, indices: list[int], pool: concurrent.futures.Executor) -> list[dict]:
     del pool  # memory-mapped rows: nothing worth parallelising
     return [self.clip(i) for i in indices]
+
+
+def _load_array(path: epath.Path) -> np.ndarray:
+  if "://" in str(path):  # remote (gs://): no memory map
+    return np.load(io.BytesIO(path.read_bytes()))
+  return np.load(path, mmap_mode="r")
 
 
 class TokenIterator(input_pipeline.DataIterator):
@@ -187,11 +195,11 @@ def create_iterator(data_config: ml_collections.ConfigDict, split: str, *, seed:
   cfg = default_config()
   unknown = set(data_config.keys()) - set(cfg.keys())
   if unknown:
-    raise ValueError(f"unknown token data fields {sorted(unknown)}; known: {sorted(cfg.keys())}")
+    raise errors.InvalidInput(f"unknown token data fields {sorted(unknown)}; known: {sorted(cfg.keys())}")
   cfg.update(data_config)
   cfg.update(overrides)
   if cfg.source != "tokens":
-    raise ValueError(f"the prior reads data.source='tokens', got {cfg.source!r}")
+    raise errors.InvalidInput(f"the prior reads data.source='tokens', got {cfg.source!r}")
   train = split == "train"
   return TokenIterator(
       TokenSource(root or cfg.tokens_dir, split), batch_size=cfg.batch_size,

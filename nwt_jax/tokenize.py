@@ -19,16 +19,19 @@ error (the manifests differ).
 import concurrent.futures
 import json
 import os
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nwt_jax import audio as audio_lib
+from nwt_jax import errors
 from nwt_jax import input_pipeline
 from nwt_jax import synthetic
 from nwt_jax import token_pipeline
@@ -100,7 +103,7 @@ def clip_data_config(dvae_data: dict | None, **overrides):
   cfg.update({k: v for k, v in (dvae_data or {}).items() if k in cfg})
   cfg.update({k: v for k, v in overrides.items() if v is not None})
   if cfg.source not in input_pipeline.SOURCES:
-    raise ValueError(f"source must be one of {sorted(input_pipeline.SOURCES)}, got {cfg.source!r}")
+    raise errors.InvalidInput(f"source must be one of {sorted(input_pipeline.SOURCES)}, got {cfg.source!r}")
   return cfg
 
 
@@ -143,16 +146,16 @@ def _manifest(model, params, data_cfg, first_clip, splits, sizes, clips_per_shar
 
 
 def _check_or_write_manifest(root: str, manifest: dict, process_index: int) -> None:
-  path = os.path.join(root, token_pipeline.MANIFEST)
-  if os.path.exists(path):
+  path = epath.Path(root) / token_pipeline.MANIFEST
+  if path.exists():
     existing = token_pipeline.read_manifest(root)
     if existing != manifest:
       differ = sorted(k for k in existing.keys() | manifest.keys()
                       if existing.get(k) != manifest.get(k))
-      raise ValueError(f"{root} holds tokens made differently (manifest fields {differ} differ); "
+      raise errors.InvalidInput(f"{root} holds tokens made differently (manifest fields {differ} differ); "
                        "tokenize into another --output, or delete it.")
   elif process_index == 0:
-    token_pipeline.write_json_atomic(path, manifest)
+    token_pipeline.write_json_atomic(str(path), manifest)
 
 
 def tokenize(model: nn.Module, params, data_cfg, output: str, *, dvae_info: dict,
@@ -164,7 +167,11 @@ def tokenize(model: nn.Module, params, data_cfg, output: str, *, dvae_info: dict
   parameters, `data_cfg` a full input_pipeline data config naming the clip source.
   """
   if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    raise errors.InvalidInput(f"process_index {process_index} not in [0, {process_count})")
+  unknown = sorted(set(splits) - set(input_pipeline.SPLITS))
+  if unknown:
+    raise errors.InvalidInput(f"unknown splits {unknown}; the clips have splits "
+                              f"{list(input_pipeline.SPLITS)}")
   params = nn.unbox(params)
   sources = {split: input_pipeline.SOURCES[data_cfg.source](data_cfg, split) for split in splits}
   sizes = {split: len(source) for split, source in sources.items()}
@@ -172,14 +179,14 @@ def tokenize(model: nn.Module, params, data_cfg, output: str, *, dvae_info: dict
     first = _load_clips(sources[splits[0]], [0], pool)[0]
     manifest = _manifest(model, params, data_cfg, first, splits, sizes, clips_per_shard,
                          dvae_info)
-    os.makedirs(output, exist_ok=True)
+    epath.Path(output).mkdir(parents=True, exist_ok=True)
     _check_or_write_manifest(output, manifest, process_index)
     encode = make_encoder(model, params, encode_batch)
     frame_size, grid = tuple(manifest["frame_size"]), tuple(manifest["grid"])
     code_dtype = np.int16 if manifest["num_codes"] <= np.iinfo(np.int16).max else np.int32
     written = []
     for split in splits:
-      os.makedirs(os.path.join(output, split), exist_ok=True)
+      (epath.Path(output) / split).mkdir(parents=True, exist_ok=True)
       count = manifest["splits"][split]["num_shards"]
       todo = [i for i in token_pipeline.missing_shards(output, manifest, split)
               if i % process_count == process_index]
@@ -202,7 +209,7 @@ def _encode_clips(clips, encode, manifest, frame_size, grid) -> dict[str, np.nda
   num_frames = manifest["num_frames"]
   for clip in clips:
     if clip["video"].shape[:3] != (num_frames,) + frame_size:
-      raise ValueError(f"clips differ in shape: {clip['video'].shape[:3]} vs "
+      raise errors.InvalidInput(f"clips differ in shape: {clip['video'].shape[:3]} vs "
                        f"{(num_frames,) + frame_size}; the prior needs clips of one length")
   video = np.stack([c["video"] for c in clips])  # [N, T, H, W, 3]
   codes = encode(video.reshape((-1,) + video.shape[2:]))  # [N*T, gh, gw, K]
@@ -221,6 +228,14 @@ def _encode_clips(clips, encode, manifest, frame_size, grid) -> dict[str, np.nda
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    _tokenize_from_flags()
+  except errors.UserError as e:  # bad input: one line, exit code 1, no traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _tokenize_from_flags() -> None:
   from nwt_jax import train_dvae  # pylint: disable=g-import-not-at-top  (stage 1's trainer)
   model, params, dvae_config = train_dvae.restore_frozen(FLAGS.dvae_workdir, FLAGS.step)
   step = FLAGS.step
@@ -233,12 +248,14 @@ def main(argv):
       dvae_json.get("data"), source=FLAGS.source, data_dir=FLAGS.data_dir,
       tfds_name=FLAGS.tfds_name, num_train_clips=FLAGS.num_train_clips,
       num_validation_clips=FLAGS.num_validation_clips)
-  output = FLAGS.output or os.path.join(FLAGS.dvae_workdir, "tokens")
+  output = FLAGS.output or str(epath.Path(FLAGS.dvae_workdir) / "tokens")
+  workdir = FLAGS.dvae_workdir  # recorded absolute (a gs:// path already is)
+  workdir = workdir if "://" in workdir else os.path.abspath(workdir)
   index = jax.process_index() if FLAGS.process_index is None else FLAGS.process_index
   count = jax.process_count() if FLAGS.process_count is None else FLAGS.process_count
   written = tokenize(
       model, params, data_cfg, output,
-      dvae_info={"workdir": os.path.abspath(FLAGS.dvae_workdir), "step": step,
+      dvae_info={"workdir": workdir, "step": step,
                  "config": _jsonable(dvae_json)},
       splits=tuple(FLAGS.splits), clips_per_shard=FLAGS.clips_per_shard,
       encode_batch=FLAGS.encode_batch, process_index=index, process_count=count)

@@ -18,11 +18,12 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_impl
 
-from nwt_jax import checkpoint
-from nwt_jax import train_lib
+from nwt_jax import errors
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
@@ -39,7 +40,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 TRAINERS = {"dvae": "nwt_jax.train_dvae", "prior": "nwt_jax.train_prior"}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(errors.UserError, ValueError):
   """`config.model` names no trainer."""
 
 
@@ -76,6 +77,81 @@ class _QuietOrbax(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def _root_cause(e: BaseException) -> BaseException:
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  return e
+
+
+def _config_error(argv: list[str], e: BaseException) -> str:
+  """One line for a config file, preset or override that config_flags could not load (it
+  reports them as tracebacks)."""
+  config_arg = next((a for a in reversed(argv) if a.startswith("--config=")), "--config=")
+  config_file = config_arg.partition("=")[2].partition(":")[0]
+  if not epath.Path(config_file).is_file():
+    return f"{config_arg}: no such config file {config_file!r}"
+  if isinstance(e, (AttributeError, KeyError)):  # an override names a field the config lacks
+    config = config_flags_impl.ConfigFileFlagParser("config").parse(config_arg.partition("=")[2])
+    for arg in argv:
+      if arg.startswith("--config."):
+        field = arg[len("--config."):].partition("=")[0]
+        node, walked = config, []
+        for name in field.split("."):
+          if not hasattr(node, "keys") or name not in node:
+            where = ".".join(walked) or "the config"
+            known = (", ".join(sorted(node.keys())) if hasattr(node, "keys")
+                     else "none, it is a value")
+            return f"{arg}: the config has no field {field} (fields of {where}: {known})"
+          walked.append(name)
+          node = node[name]
+  message = str(_root_cause(e)).strip().splitlines()
+  return f"{config_arg}: {' '.join(line.strip() for line in message)}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a config file, preset or override that does not load reported
+  as one `error:` line and exit code 1 instead of config_flags' traceback."""
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.get("model")  # config_flags defers a missing file's error to the first read
+  except flags.Error as e:
+    if not str(e).startswith("flag --config="):  # not the config file: absl's own line
+      print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
+      raise SystemExit(1) from None
+    raise SystemExit(f"error: {_config_error(argv, e)}") from None
+  except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+    raise SystemExit(f"error: {_config_error(argv, e)}") from None
+  return rest
+
+
+def prepare_workdir(workdir: str) -> bool:
+  """Creates `workdir` (any epath: local or gs://) if needed and checks that it can be
+  written, before any compilation; returns whether this call created it."""
+  path = epath.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise errors.InvalidInput(f"--workdir={workdir} is a file, not a directory")
+  created = not path.exists()
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_test.{jax.process_index()}.{os.getpid()}"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise errors.InvalidInput(
+        f"--workdir={workdir} cannot be written: {e.strerror or e}") from None
+  return created
+
+
+def remove_if_no_checkpoint(workdir: str) -> None:
+  """Deletes a workdir that holds no finished checkpoint (what a run that failed on bad input
+  leaves: an events file, an empty checkpoints directory), so no partial output remains."""
+  path = epath.Path(workdir)
+  checkpoints = path / "checkpoints"
+  if checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+    return
+  path.rmtree(missing_ok=True)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -86,13 +162,18 @@ def main(argv):
   logging.info("JAX process %d / %d; %d local devices of %d: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
+  created = False
   try:
+    created = prepare_workdir(FLAGS.workdir)
     trainer(FLAGS.config.model).train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (UnknownModelError, checkpoint.ConfigMismatchError, train_lib.NonFiniteError) as e:
-    # A wrong model name, a config that doesn't fit the workdir's checkpoint, a diverged run:
-    # the message says what to do; no traceback, exit code 1.
+  except errors.UserError as e:
+    # Bad input (a wrong model name or path, a config that doesn't fit the devices or the
+    # workdir's checkpoint, a diverged run): the message says what to do; no traceback, exit
+    # code 1, and a workdir this run created is removed unless it holds a checkpoint.
+    if created:
+      remove_if_no_checkpoint(FLAGS.workdir)
     raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -27,12 +27,13 @@ import ml_collections
 import numpy as np
 
 from nwt_jax import checkpoint
+from nwt_jax import errors
 from nwt_jax import sharding
 
 GUARD_KEYS = ("nonfinite", "nonfinite_skips", "nonfinite_streak")
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(errors.UserError, RuntimeError):
   """Too many consecutive steps had a non-finite loss or gradient."""
 
 
@@ -215,6 +216,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh,
   `config.train.max_consecutive_nonfinite` consecutive updates were skipped.
   """
   tc = config.train
+  sharding.check_batch_divisible(config.data.batch_size, mesh)
   own_writer = writer is None
   writer = create_writer(workdir) if own_writer else writer
   try:

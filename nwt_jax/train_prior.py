@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from absl import logging
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ import ml_collections
 import optax
 
 from nwt_jax import checkpoint
+from nwt_jax import errors
 from nwt_jax import losses
 from nwt_jax import sharding
 from nwt_jax import token_pipeline
@@ -258,8 +260,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None, writ
   root = token_pipeline.tokens_dir(config)
   manifest = token_pipeline.read_manifest(root)
   if jax.process_index() == 0:  # the workdir then holds all that generation needs
-    os.makedirs(workdir, exist_ok=True)
-    token_pipeline.write_json_atomic(os.path.join(workdir, WORKDIR_MANIFEST), manifest)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    token_pipeline.write_json_atomic(str(epath.Path(workdir) / WORKDIR_MANIFEST), manifest)
   built = setup(config, manifest, devices, compiler_options)
   logging.info("Prior (%s) on tokens %s: grid %s x %d heads, %d codes, %d episodes; %.2fM "
                "parameters.", config.prior.decoder, root, manifest["grid"],
@@ -290,11 +292,10 @@ def restore_frozen(workdir: str, step: int | None = None
   """(model, params, config) of the prior trained in `workdir` (latest checkpoint by default),
   for generation. The code layout comes from the tokens' manifest the run copied into its
   workdir."""
-  path = os.path.join(workdir, WORKDIR_MANIFEST)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"No {WORKDIR_MANIFEST} in {workdir}: not a prior workdir.")
-  with open(path) as f:
-    manifest = json.load(f)
+  path = epath.Path(workdir) / WORKDIR_MANIFEST
+  if not path.exists():
+    raise errors.MissingInput(f"No {WORKDIR_MANIFEST} in {workdir}: not a prior workdir.")
+  manifest = json.loads(path.read_text())
 
   def abstract_state(config):
     model, tx = make_model(config, manifest), make_optimizer(config.optim)

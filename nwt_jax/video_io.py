@@ -12,9 +12,13 @@ stereo AAC file: the two agree to 2e-7 relative RMS (pinned by `tests/test_video
 inside ffmpeg avoids a second pass over native-rate audio, a librosa import (1 s on first use) and
 parsing channel layouts out of ffmpeg's log. (`librosa.load` cannot read audio inside mp4 at all.)
 
+ffmpeg reads and writes local files: `local_copy` stages a remote (`gs://`, any `etils.epath`)
+input, and `write_video` to a remote path encodes locally and uploads the finished file.
+
 Every failure raises `VideoIOError`, whose message names the file.
 """
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -50,6 +54,28 @@ class MediaInfo:
 def ffmpeg_exe() -> str:
   import imageio_ffmpeg  # pylint: disable=g-import-not-at-top  (I/O dependency, loaded on use)
   return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def is_remote(path) -> bool:
+  """Whether `path` is a URL (gs://...) rather than a local file ffmpeg can open."""
+  return "://" in os.fspath(path)
+
+
+@contextlib.contextmanager
+def local_copy(path) -> Iterator[str]:
+  """`path` itself if it is local, else a temporary local copy of it (removed on exit)."""
+  path = os.fspath(path)
+  if not is_remote(path):
+    yield path
+    return
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as scratch:
+    local = os.path.join(scratch, os.path.basename(path))
+    try:
+      epath.Path(path).copy(local)
+    except (OSError, ValueError) as e:
+      raise VideoIOError(f"{path}: cannot fetch it ({e})") from None
+    yield local
 
 
 def _check_readable(path: str) -> str:
@@ -204,6 +230,13 @@ def write_video(path: str, frames: np.ndarray | Iterable[np.ndarray], *, fps: fl
   success and removed on failure (also when the iterable raises).
   """
   path = os.fspath(path)
+  if is_remote(path):  # encode locally, then upload the complete file (none on failure)
+    with tempfile.TemporaryDirectory() as scratch:
+      local = os.path.join(scratch, os.path.basename(path))
+      write_video(local, frames, fps=fps, audio=audio, sample_rate=sample_rate, crf=crf)
+      from etils import epath  # pylint: disable=g-import-not-at-top
+      epath.Path(local).copy(path, overwrite=True)
+    return
   chunks = iter([frames] if isinstance(frames, np.ndarray) else frames)
   if fps <= 0:
     raise ValueError(f"{path}: fps must be positive, got {fps}")

@@ -3,8 +3,11 @@
 import collections
 import os
 import pathlib
+import re
 import subprocess
 import sys
+
+from etils import epath
 
 import numpy as np
 import pytest
@@ -125,6 +128,27 @@ def manual_dir(tmp_path_factory):
 FOLDER_PNG = nwt_clips.NwtClipsConfig(
     name="folder_png", source="folder", num_frames=8, height=32, width=28, frame_encoding="png",
     validation_fraction=0.3)
+
+
+def test_each_unusable_file_is_one_log_line_naming_it_and_is_counted(manual_dir, tmp_path,
+                                                                     caplog):
+  """The files a header already rules out: one warning each (name, reason, detail), counted
+  in the summary; the usable ones go on; text files are not taken for videos."""
+  builder = nwt_clips.Builder(config=FOLDER_PNG, data_dir=tmp_path)
+  with caplog.at_level("WARNING"):
+    _, usable = builder._inspect_videos(epath.Path(manual_dir))  # pylint: disable=protected-access
+  lines = [r.getMessage() for r in caplog.records if "nwt_clips: skipping" in r.getMessage()]
+  reasons = dict(re.fullmatch(r"nwt_clips: skipping (\S+) \((\w+)\): .+", line).groups()
+                 for line in lines)
+  assert len(lines) == len(reasons)  # one line per file
+  assert reasons == {"ep_b/corrupt.mp4": "decode_error", "ep_b/empty.mp4": "decode_error",
+                     "ep_b/cut_index_last.mp4": "decode_error", "ep_b/noaudio.mp4": "no_audio",
+                     "ep_c/audio_only.mp4": "no_video", "ep_c/short.webm": "too_short"}
+  assert {f"{e}/{p.name}" for _, e, p in usable} == {
+      "ep_a/clip25.mp4", "ep_a/clip30.mov", "ep_b/clip24.mkv", "ep_b/cut_index_first.mp4"}
+  assert dict(builder._summary) == {  # pylint: disable=protected-access
+      "files": 10, "decode_error": 3, "no_audio": 1, "no_video": 1, "too_short": 1}
+  assert not list(tmp_path.rglob("*.array_record*"))  # inspecting writes nothing
 
 
 @pytest.fixture(scope="module")

@@ -277,7 +277,8 @@ def validation_files(names: list[str], fraction: float) -> set[str]:
 def header_problem(path: epath.Path, min_seconds: float) -> tuple[str, str] | None:
   """(reason, detail) when a file's header already rules it out, else None."""
   try:
-    info = video_io.probe(path)
+    with video_io.local_copy(path) as local:  # gs:// (Dataflow): ffmpeg reads a local copy
+      info = video_io.probe(local)
   except video_io.VideoIOError as e:
     return "decode_error", str(e)
   if not info.has_video:
@@ -301,17 +302,19 @@ def file_examples(file: tuple[int, str, epath.Path], *, cfg: NwtClipsConfig,
   clip_samples = cfg.num_frames * SAMPLES_PER_FRAME
   num_clips = 0
   try:
-    audio = video_io.read_audio(path, sample_rate=SAMPLE_RATE)
-    audio = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
-    for frames in video_io.iter_video(path, fps=FPS, height=cfg.height, width=cfg.width,
-                                      chunk_frames=cfg.num_frames):
-      samples = audio[num_clips * clip_samples:(num_clips + 1) * clip_samples]
-      if len(frames) < cfg.num_frames or len(samples) < clip_samples:
-        break  # a partial clip at the end (or the audio ends first)
-      clip_id = f"{name}#{num_clips:05d}"
-      yield number * 2**24 + num_clips, {"video": frames, "audio": samples, "episode": episode,
-                                         "clip_id": clip_id, "source": name}
-      num_clips += 1
+    with video_io.local_copy(path) as local:  # gs:// (Dataflow): ffmpeg reads a local copy
+      audio = video_io.read_audio(local, sample_rate=SAMPLE_RATE)
+      audio = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
+      for frames in video_io.iter_video(local, fps=FPS, height=cfg.height, width=cfg.width,
+                                        chunk_frames=cfg.num_frames):
+        samples = audio[num_clips * clip_samples:(num_clips + 1) * clip_samples]
+        if len(frames) < cfg.num_frames or len(samples) < clip_samples:
+          break  # a partial clip at the end (or the audio ends first)
+        clip_id = f"{name}#{num_clips:05d}"
+        yield number * 2**24 + num_clips, {"video": frames, "audio": samples,
+                                           "episode": episode, "clip_id": clip_id,
+                                           "source": name}
+        num_clips += 1
   except video_io.VideoIOError as e:
     if not num_clips:
       return _skip(name, "decode_error", str(e), count=count)
