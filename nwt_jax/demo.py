@@ -33,11 +33,11 @@ def _define_flags() -> None:
   """The command-line flags, defined only when the module runs as a program (tests and
   other modules import it, and absl allows one definition of each name per process)."""
   flags.DEFINE_string("workdir", "runs/demo", "Where the dataset, runs and report go.")
-  flags.DEFINE_integer("num_train_clips", 512, "Synthetic clips in the train split.")
+  flags.DEFINE_integer("num_train_clips", 384, "Synthetic clips in the train split.")
   flags.DEFINE_integer("num_validation_clips", 64, "Synthetic clips in the validation split.")
   flags.DEFINE_integer("num_frames", 32, "Frames per clip (30 fps).")
-  flags.DEFINE_integer("dvae_steps", 500, "dVAE training steps (the demo stops before the adversarial phase).")
-  flags.DEFINE_integer("prior_steps", 300, "Prior training steps.")
+  flags.DEFINE_integer("dvae_steps", 400, "dVAE training steps (the demo stops before the adversarial phase).")
+  flags.DEFINE_integer("prior_steps", 200, "Prior training steps.")
   flags.DEFINE_string("prior_preset", "tiny,far", "configs/prior.py preset.")
   flags.DEFINE_integer("eval_clips", 16, "Held-out clips the evaluation generates.")
   flags.DEFINE_integer("eval_frames", 64, "Frames per held-out clip (two prior windows).")

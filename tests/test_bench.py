@@ -159,7 +159,7 @@ def test_prior_peer_loss_equals_jax_with_copied_weights(decoder):
   beta = 0.5
   expected = (jnp.mean(losses.code_cross_entropy(logits, batch["codes"]))
               + beta * aux["kl"] / batch["codes"][0].size)
-  peer = torch_peer.build_prior(pc, manifest)
+  peer = torch_peer.build_prior(pc, manifest).eval()  # as JAX's train=False: no frame dropout
   torch_peer.load_flax_params(peer, params)
   with torch.no_grad():
     loss, metrics = torch_peer.prior_loss(
