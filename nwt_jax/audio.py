@@ -15,6 +15,7 @@ N_FFT = 1024
 WIN_LENGTH = 800  # 33 ms analysis window, zero-padded to N_FFT
 N_MELS = 80
 FMIN, FMAX = 0.0, 8000.0  # speech band
+MEL_BLOCK = 4096  # mel frames per FFT block (34 s of audio)
 LOG_FLOOR = 1e-5  # log(mel) is clamped here, so silence is finite
 
 
@@ -76,9 +77,14 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
   num_frames = num_mel_frames(audio.shape[0])
   padded = np.pad(audio, (N_FFT // 2, N_FFT // 2))
   frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:num_frames]
-  power = np.abs(np.fft.rfft(frames * _window().astype(np.float32), axis=-1)) ** 2
-  # Far below LOG_FLOOR, so the output is unchanged; it keeps float32 denormals (pure tones,
-  # digital silence) out of the matmul, which otherwise runs ~1000x slower.
-  power = np.maximum(power.astype(np.float32), 1e-30)
-  mel = power @ mel_filterbank().T
-  return np.log(np.maximum(mel, LOG_FLOOR)).astype(np.float32)
+  out = np.empty((num_frames, N_MELS), np.float32)
+  # Frames are independent, so the spectrum is taken a block at a time: memory stays at one
+  # block's complex FFT (~40 MB) however long the audio (10 minutes at once would need ~1 GB).
+  for start in range(0, num_frames, MEL_BLOCK):
+    block = frames[start:start + MEL_BLOCK] * _window().astype(np.float32)
+    power = np.abs(np.fft.rfft(block, axis=-1)) ** 2
+    # Far below LOG_FLOOR, so the output is unchanged; it keeps float32 denormals (pure tones,
+    # digital silence) out of the matmul, which otherwise runs ~1000x slower.
+    power = np.maximum(power.astype(np.float32), 1e-30)
+    out[start:start + MEL_BLOCK] = np.log(np.maximum(power @ mel_filterbank().T, LOG_FLOOR))
+  return out

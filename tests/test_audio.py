@@ -43,3 +43,13 @@ def test_log_mel_accepts_int16_and_rejects_stereo():
       audio.log_mel(wave), audio.log_mel(wave.astype(np.float32) / 32768.0), atol=1e-5)
   with pytest.raises(ValueError, match="mono"):
     audio.log_mel(np.zeros((800, 2), np.float32))
+
+
+def test_long_audio_is_computed_in_blocks_equal_to_one_pass(monkeypatch):
+  """Blocks of frames (memory flat in the length) give the single-block spectrogram."""
+  rng = np.random.default_rng(0)
+  wave = rng.normal(0, 0.3, 24000 * 3).astype(np.float32)
+  whole = audio.log_mel(wave)
+  monkeypatch.setattr(audio, "MEL_BLOCK", 97)  # 360 frames: 3 full blocks and a partial one
+  np.testing.assert_allclose(audio.log_mel(wave), whole, atol=1e-5)  # BLAS blocking: ulps
+  assert whole.shape == (360, audio.N_MELS)
