@@ -78,13 +78,14 @@ def log_mel(audio: np.ndarray) -> np.ndarray:
   padded = np.pad(audio, (N_FFT // 2, N_FFT // 2))
   frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:num_frames]
   out = np.empty((num_frames, N_MELS), np.float32)
+  window, filterbank = _window().astype(np.float32), mel_filterbank().T
   # Frames are independent, so the spectrum is taken a block at a time: memory stays at one
   # block's complex FFT (~40 MB) however long the audio (10 minutes at once would need ~1 GB).
   for start in range(0, num_frames, MEL_BLOCK):
-    block = frames[start:start + MEL_BLOCK] * _window().astype(np.float32)
+    block = frames[start:start + MEL_BLOCK] * window
     power = np.abs(np.fft.rfft(block, axis=-1)) ** 2
     # Far below LOG_FLOOR, so the output is unchanged; it keeps float32 denormals (pure tones,
     # digital silence) out of the matmul, which otherwise runs ~1000x slower.
     power = np.maximum(power.astype(np.float32), 1e-30)
-    out[start:start + MEL_BLOCK] = np.log(np.maximum(power @ mel_filterbank().T, LOG_FLOOR))
+    out[start:start + MEL_BLOCK] = np.log(np.maximum(power @ filterbank, LOG_FLOOR))
   return out
