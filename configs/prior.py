@@ -25,7 +25,7 @@ _SIZE_OVERRIDES = {
         "prior": dict(max_frames=32, d_model=512, num_heads=8, head_dim=64, mlp_dim=2048,
                       temporal_layers=8, spatial_layers=2, audio_layers=4, code_embed_dim=32,
                       style_dim=32, style_hidden=512, depth_dim=256, depth_layers=3,
-                      prev_frame_dropout=0.0, dropout_rate=0.1),
+                      spatial_patch=1, dropout_rate=0.1),
         "data": dict(batch_size=64, frames_per_example=32),
         "optim": dict(lr=5e-4, warmup_steps=2000, decay_steps=200_000),
         "loss": dict(kl_anneal_steps=20_000),
@@ -37,7 +37,7 @@ _SIZE_OVERRIDES = {
         "prior": dict(max_frames=64, d_model=1024, num_heads=16, head_dim=64, mlp_dim=4096,
                       temporal_layers=12, spatial_layers=4, audio_layers=6, code_embed_dim=64,
                       style_dim=32, style_hidden=1024, depth_dim=512, depth_layers=4,
-                      depth_window_rows=0, prev_frame_dropout=0.0, dropout_rate=0.1),
+                      depth_window_rows=0, spatial_patch=1, dropout_rate=0.1),
         "data": dict(batch_size=256, frames_per_example=64),
         "optim": dict(lr=3e-4, warmup_steps=5000, decay_steps=500_000),
         "loss": dict(kl_anneal_steps=50_000, label_smoothing=0.1),
@@ -78,9 +78,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       head_dim=32,  # width per head
       mlp_dim=512,  # MLP hidden width
       temporal_layers=3,  # causal blocks over frames, cross-attending to the audio
-      spatial_layers=1,  # bidirectional blocks over a frame's grid positions
+      spatial_layers=1,  # bidirectional blocks over a frame's grid positions (or patches)
+      spatial_patch=2,  # S: the spatial stack sees S x S patches of grid positions (1: cells)
       audio_layers=2,  # bidirectional blocks of the audio encoder
-      code_embed_dim=16,  # per-position code embedding width
+      code_embed_dim=64,  # per-position code embedding width (the sum of its K heads' codes)
       style_dim=16,  # style latent width (DESIGN: >= 16)
       style_hidden=128,  # style encoder MLP width
       depth_dim=32,  # MAR depth transformer width (its ~115k tokens a step cost most on CPU)
@@ -89,7 +90,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mel_mean=-8.0,  # log-mel normalisation offset
       mel_std=4.0,  # log-mel normalisation scale
       dropout_rate=0.0,  # residual dropout (tiny: none, the data is plentiful)
-      prev_frame_dropout=0.25,  # P(a frame sees the BOS frame instead of its predecessor)
+      prev_frame_dropout=0.0,  # P(a frame sees the BOS frame instead of its predecessor)
+      copy_gate=True,  # each code's logits + g * one_hot(the previous frame's code there)
+      spatial_film=True,  # the previous frame's cells scaled by (1 + W h_t): audio x content
+      cond_skip=True,  # the frame's cond (audio, episode, style) also straight to its cells
   )
 
   c.loss = dict(

@@ -37,7 +37,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num_validation_clips", 64, "Synthetic clips in the validation split.")
   flags.DEFINE_integer("num_frames", 32, "Frames per clip (30 fps).")
   flags.DEFINE_integer("dvae_steps", 400, "dVAE training steps (the demo stops before the adversarial phase).")
-  flags.DEFINE_integer("prior_steps", 200, "Prior training steps.")
+  flags.DEFINE_integer("prior_steps", 400, "Prior training steps.")
   flags.DEFINE_string("prior_preset", "tiny,far", "configs/prior.py preset.")
   flags.DEFINE_integer("eval_clips", 16, "Held-out clips the evaluation generates.")
   flags.DEFINE_integer("eval_frames", 64, "Frames per held-out clip (two prior windows).")

@@ -639,10 +639,12 @@ class Prior(nn.Module):
                num_heads, head_dim, mlp_dim, temporal_layers, spatial_layers, audio_layers,
                code_embed_dim, style_dim, style_hidden, depth_dim, depth_layers, mel_mean,
                mel_std, dropout_rate, prev_frame_dropout=0.0, depth_window_rows=0,
+               spatial_patch=1, copy_gate=False, spatial_film=False, cond_skip=False,
                mel_bins=80):
     super().__init__()
     self.prev_frame_dropout = prev_frame_dropout
-    d, p, e = d_model, grid[0] * grid[1], code_embed_dim
+    d, p, e, s = d_model, grid[0] * grid[1], code_embed_dim, spatial_patch
+    self.s, self.copy_gate = s, copy_gate
     self.decoder, self.grid, self.k, self.v = decoder, tuple(grid), code_heads, num_codes
     self.p, self.d = p, d
     stack = dict(heads=num_heads, head_dim=head_dim, mlp_dim=mlp_dim)
@@ -658,17 +660,24 @@ class Prior(nn.Module):
     self.bos_frame = _param(p, e)
     self.frame_summary = Dense(p * e, d, bias=False)
     self.temporal = Transformer(temporal_layers, d, cross=True, dropout=dropout_rate, **stack)
-    self.spatial_pos = _param(p, d, std=0.02)
-    self.prev_proj = Dense(e, d, bias=False)
+    self.spatial_pos = _param(p // s**2, d, std=0.02)
+    self.prev_proj = Dense(s * s * e, d, bias=False)
+    self.cond_proj = Dense(d, d, bias=False) if cond_skip else None
+    self.film = Dense(d, d, bias=False) if spatial_film else None
+    if spatial_film:
+      with torch.no_grad():
+        self.film.kernel.zero_()
     self.spatial = (Transformer(spatial_layers, d, dropout=dropout_rate, **stack)
                     if spatial_layers else None)
     if decoder == "far":
       self.head_norm = LayerNorm(d)
-      self.head = nn.Parameter(torch.randn(d, code_heads, num_codes) / math.sqrt(d))
+      self.head = nn.Parameter(torch.randn(d, s * s * code_heads, num_codes) / math.sqrt(d))
+      if copy_gate:
+        self.copy = Dense(d, s * s * code_heads)
     else:
       dd = depth_dim
       self.dd = dd
-      self.depth_in = Dense(d, dd, bias=False)
+      self.depth_in = Dense(d, s * s * dd, bias=False)
       self.depth_pos = _param(p * code_heads, dd, std=0.02)
       self.depth_token = Embed(code_heads * num_codes, dd)
       self.depth_bos = _param(dd)
@@ -676,6 +685,9 @@ class Prior(nn.Module):
                                dropout=dropout_rate,
                                local_block=depth_window_rows * grid[1] * code_heads)
       self.depth_head = nn.Parameter(torch.randn(code_heads, dd, num_codes) / math.sqrt(dd))
+      if copy_gate:
+        self.depth_copy = nn.Parameter(torch.zeros(code_heads, dd))
+        self.depth_copy_bias = nn.Parameter(torch.zeros(code_heads))
 
   def forward(self, codes, mel, episode, noise=None):
     """codes [B, T, gh, gw, K], mel [B, 4T, bins], episode [B] -> (logits [B, T, gh, gw, K, V],
@@ -692,35 +704,65 @@ class Prior(nn.Module):
     cross_kv = self.temporal.cross_kv(audio)
     emb = self.frame_embed(codes)  # [B, T, P, e]
     prev = torch.cat([self.bos_frame.expand(b, 1, -1, -1), emb[:, :-1]], dim=1)
+    prev_codes = torch.cat([torch.full_like(codes[:, :1], -1), codes[:, :-1]], dim=1)
     if self.training and self.prev_frame_dropout > 0:
-      drop = torch.rand(b, t, 1, 1, device=codes.device) < self.prev_frame_dropout
-      prev = torch.where(drop, self.bos_frame.expand_as(prev), prev)
+      drop = torch.rand(b, t, device=codes.device) < self.prev_frame_dropout
+      prev = torch.where(drop[..., None, None], self.bos_frame.expand_as(prev), prev)
+      prev_codes = torch.where(drop[..., None, None, None], -1, prev_codes)
     x = cond + self.frame_summary(prev.flatten(2))
     causal = torch.ones(t, t, dtype=torch.bool, device=codes.device).tril()
     h = self.temporal(x, causal, cross_kv)
-    c = h[:, :, None] + self.spatial_pos + self.prev_proj(prev)  # [B, T, P, d]
+    if self.cond_proj is not None:
+      h = h + self.cond_proj(cond)
+    shown = self.prev_proj(self._to_patches(prev).flatten(3))  # [B, T, P', d]
+    if self.film is not None:
+      shown = shown * (1 + self.film(h)[:, :, None])
+    c = h[:, :, None] + self.spatial_pos + shown  # [B, T, P', d]
     if self.spatial is not None:
-      c = self.spatial(c.reshape(b * t, self.p, self.d)).reshape(b, t, self.p, self.d)
+      c = self.spatial(c.flatten(0, 1)).unflatten(0, (b, t))
     if self.decoder == "far":
       x = self.head_norm(c)
-      logits = (x @ self.head.reshape(self.d, -1)).reshape(b, t, self.p, self.k, self.v)
+      logits = (x @ self.head.reshape(self.d, -1)).reshape(b, t, -1, self.s ** 2, self.k * self.v)
+      logits = self._from_patches(logits).unflatten(-1, (self.k, self.v))  # [B, T, P, K, V]
+      if self.copy_gate:
+        gate = self._from_patches(self.copy(x).unflatten(-1, (self.s ** 2, self.k)))
+        logits = logits + self._copy_logits(gate, prev_codes.flatten(2, 3))
     else:
-      logits = self._mar_logits(c, codes)
+      logits = self._mar_logits(c, codes, prev_codes)
     kl = 0.5 * (mu ** 2 + (2 * log_sigma).exp() - 1 - 2 * log_sigma).sum(-1).mean()
     return logits.reshape((b, t) + self.grid + (self.k, self.v)), kl
 
-  def _mar_logits(self, c, codes):
+  def _copy_logits(self, gate, prev_codes):  # [..., K] x codes [..., K] (-1: none) -> [..., K, V]
+    hot = F.one_hot(prev_codes.clamp(min=0), self.v).float() * (prev_codes >= 0)[..., None]
+    return gate[..., None] * hot
+
+  def _to_patches(self, x):  # [B, T, P, ...] -> [B, T, P / S**2, S*S, ...] (as the JAX model)
+    (gh, gw), s = self.grid, self.s
+    x = x.reshape(x.shape[:2] + (gh // s, s, gw // s, s) + x.shape[3:]).movedim(4, 3)
+    return x.reshape(x.shape[:2] + (gh * gw // s**2, s * s) + x.shape[6:])
+
+  def _from_patches(self, x):  # [B, T, P / S**2, S*S, ...] -> [B, T, P, ...]
+    (gh, gw), s = self.grid, self.s
+    x = x.reshape(x.shape[:2] + (gh // s, gw // s, s, s) + x.shape[4:]).movedim(3, 4)
+    return x.reshape(x.shape[:2] + (gh * gw,) + x.shape[6:])
+
+  def _mar_logits(self, c, codes, prev_codes):
     b, t = codes.shape[:2]
     length, k, v = self.p * self.k, self.k, self.v
     flat = codes.reshape(b, t, length)
     rows = (torch.arange(length - 1, device=codes.device) % k) * v + flat[..., :-1]
     prev = torch.cat([self.depth_bos.expand(b, t, 1, -1), self.depth_token(rows)], dim=2)
-    x = self.depth_in(c).repeat_interleave(k, dim=2) + self.depth_pos + prev  # [B, T, L, dd]
+    x = self._from_patches(self.depth_in(c).unflatten(-1, (self.s ** 2, self.dd)))  # [B,T,P,dd]
+    x = x.repeat_interleave(k, dim=2) + self.depth_pos + prev  # [B, T, L, dd]
     causal = torch.ones(length, length, dtype=torch.bool, device=codes.device).tril()
     y = self.depth(x.reshape(b * t, length, self.dd),
                    None if self.depth.local_block else causal)
     y = y.reshape(b, t, self.p, k, self.dd)
-    return torch.einsum("btpkd,kdv->btpkv", y, self.depth_head)
+    logits = torch.einsum("btpkd,kdv->btpkv", y, self.depth_head)
+    if self.copy_gate:
+      gate = torch.einsum("btpkd,kd->btpk", y, self.depth_copy) + self.depth_copy_bias
+      logits = logits + self._copy_logits(gate, prev_codes.flatten(2, 3))
+    return logits
 
 
 def build_prior(config, manifest: dict) -> Prior:

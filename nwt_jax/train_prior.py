@@ -16,6 +16,8 @@ controls that show the conditioning is used:
     `audio_gap` = NLL(other audio) - NLL(own audio) > 0 when the prior listens;
   * style: NLL with the clip's own posterior mean z vs another clip's; `style_gap` > 0 when z
     carries the clip's look.
+Each gap also comes as `<gap>_z`: its mean over windows divided by its paired standard error
+(the windows are independent clips), so "clearly lower" is a number: z > 3.
 """
 
 import functools
@@ -132,6 +134,18 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
                  "grad_norm": optax.tree.norm(grads), **guard}
 
 
+def _paired_sums(name: str, control: jax.Array, nll: jax.Array, weight: jax.Array
+                 ) -> dict[str, jax.Array]:
+  """Per-window gaps d_w = mean over the window's weighted codes of (control - nll), summed as
+  count, sum and sum of squares, for the gap's paired standard error over windows."""
+  batch = nll.shape[0]
+  w = weight.reshape(batch, -1).sum(axis=1)
+  gap = ((control - nll) * weight).reshape(batch, -1).sum(axis=1) / jnp.maximum(w, 1.0)
+  valid = (w > 0).astype(jnp.float32)
+  return {f"{name}_windows": valid.sum(), f"{name}_sum": (gap * valid).sum(),
+          f"{name}_sq": (gap**2 * valid).sum()}
+
+
 def eval_step(params: Any, batch: dict[str, jax.Array], *,
               model: prior_lib.Prior) -> dict[str, jax.Array]:
   """Sums over a batch of held-out windows (see the module docstring for the controls).
@@ -154,12 +168,27 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *,
           "nll": nll.sum(), "correct": _accuracy(logits, codes).sum(),
           "nll_other_audio": nll_audio.sum(), "nll_other_z": nll_z.sum(),
           "kl": losses.gaussian_kl(mu, log_sigma).sum()}
+  ones = jnp.ones_like(nll)
+  sums.update(_paired_sums("audio_gap", nll_audio, nll, ones))
+  sums.update(_paired_sums("style_gap", nll_z, nll, ones))
   if "mouth" in batch:
     mask = jnp.broadcast_to(batch["mouth"][..., None], nll.shape).astype(jnp.float32)
     sums.update(mouth_count=mask.sum(), mouth_nll=(nll * mask).sum(),
                 mouth_nll_other_audio=(nll_audio * mask).sum(),
                 mouth_nll_other_z=(nll_z * mask).sum())
+    sums.update(_paired_sums("mouth_audio_gap", nll_audio, nll, mask))
   return sums
+
+
+def _z_score(sums: dict[str, float], name: str) -> float:
+  """Mean per-window gap over its standard error (paired over held-out windows): how many
+  standard errors the gap is from zero (> 3: clearly positive)."""
+  n = sums[f"{name}_windows"]
+  if n < 2:
+    return float("nan")
+  mean = sums[f"{name}_sum"] / n
+  var = max(sums[f"{name}_sq"] / n - mean**2, 0.0) * n / (n - 1)
+  return mean / max((var / n) ** 0.5, 1e-12)
 
 
 def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
@@ -170,6 +199,9 @@ def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
          "nll_other_z": sums["nll_other_z"] / sums["count"]}
   out["audio_gap"] = out["nll_other_audio"] - out["nll"]
   out["style_gap"] = out["nll_other_z"] - out["nll"]
+  for name in ("audio_gap", "style_gap", "mouth_audio_gap"):
+    if sums.get(f"{name}_windows"):
+      out[f"{name}_z"] = _z_score(sums, name)
   if sums.get("mouth_count"):
     for key in ("nll", "nll_other_audio", "nll_other_z"):
       out[f"mouth_{key}"] = sums[f"mouth_{key}"] / sums["mouth_count"]

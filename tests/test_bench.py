@@ -139,19 +139,27 @@ def test_dvae_peer_losses_equal_jax_with_copied_weights():
     assert got[key] == pytest.approx(float(value), rel=1e-4, abs=1e-5), key
 
 
-@pytest.mark.parametrize("decoder", ["far", "mar", "mar_local"])
+@pytest.mark.parametrize("decoder", ["far", "mar", "mar_local", "far_patch", "mar_patch"])
 def test_prior_peer_loss_equals_jax_with_copied_weights(decoder):
-  pc = _small_prior_config(decoder.removesuffix("_local"))
+  pc = _small_prior_config(decoder.split("_")[0])
   manifest = bench.manifest_from_dvae(_small_dvae_config(), pc.data.frames_per_example)
-  # 'mar': depth attention over the whole frame; 'mar_local': one grid row and the one before.
+  # 'mar': depth attention over the whole frame; 'mar_local': one grid row and the one before;
+  # '*_patch': `tiny`'s spatial path (2x2 patches, copy gate, FiLM, cond skip).
   pc.prior.depth_window_rows = int(decoder == "mar_local")
+  if decoder.endswith("_patch"):
+    pc.prior.update(spatial_patch=2, copy_gate=True, spatial_film=True, cond_skip=True)
   model = train_prior.make_model(pc, manifest)
   batch = bench.prior_batch(pc, manifest)
   params = nn.unbox(model.init(jax.random.key(0), batch["codes"], batch["mel"], batch["episode"],
                                train=False)["params"])
-  # Perturb the zero-initialised style output so the KL and z paths are exercised too.
+  # Perturb the zero-initialised style output so the KL and z paths are exercised too (and the
+  # copy gate's and FiLM's, so their paths are).
   out = params["style_encoder"]["out"]
   out["kernel"] = 0.1 * jax.random.normal(jax.random.key(3), out["kernel"].shape)
+  for name in ("copy", "depth_copy", "depth_copy_bias", "film"):
+    if name in params:
+      params[name] = jax.tree.map(lambda x: jax.random.normal(jax.random.key(4), x.shape),
+                                  params[name])
   noise = np.random.default_rng(1).normal(size=(2, pc.prior.style_dim)).astype(np.float32)
   mu, log_sigma = model.apply({"params": params}, batch["codes"], method=model.encode_style)
   logits, aux = model.apply({"params": params}, batch["codes"], batch["mel"], batch["episode"],

@@ -12,8 +12,8 @@ from nwt_jax import losses
 from nwt_jax import sharding
 from nwt_jax.models import prior
 
-# Tiny dims keep the tests fast; the grid is 3x2 positions x 2 heads (L = 12 codes per frame).
-SMALL = dict(grid=(3, 2), code_heads=2, num_codes=16, num_episodes=3, max_frames=6, d_model=32,
+# Tiny dims keep the tests fast; the grid is 4x2 positions x 2 heads (L = 16 codes per frame).
+SMALL = dict(grid=(4, 2), code_heads=2, num_codes=16, num_episodes=3, max_frames=6, d_model=32,
              num_heads=2, head_dim=16, mlp_dim=64, temporal_layers=2, spatial_layers=1,
              audio_layers=1, code_embed_dim=8, style_dim=16, style_hidden=32, depth_dim=32,
              depth_layers=2)
@@ -45,16 +45,30 @@ def _batch(seed=0, frames=T, **overrides):
           jnp.asarray(episode, jnp.int32))
 
 
-# 'mar_local': MAR whose depth stack attends within blocks of one grid row (4 of 12 codes).
+# 'mar_local': MAR whose depth stack attends within blocks of one grid row (4 of 16 codes);
+# '*_patch': `tiny`'s spatial path: 2x2 patches of grid positions (2 tokens a frame), the copy
+# gate, FiLM and the cond skip (zero-initialised weights drawn at random, so each path is live).
+SPATIAL = dict(spatial_patch=2, copy_gate=True, spatial_film=True, cond_skip=True)
 VARIANTS = {"far": dict(decoder="far"), "mar": dict(decoder="mar"),
-            "mar_local": dict(decoder="mar", depth_window_rows=1)}
+            "mar_local": dict(decoder="mar", depth_window_rows=1),
+            "far_patch": dict(decoder="far", **SPATIAL),
+            "mar_patch": dict(decoder="mar", depth_window_rows=2, **SPATIAL)}
+ZERO_INIT_PARAMS = ("copy", "depth_copy", "depth_copy_bias", "film")
+
+
+def _randomize_zero_init(params):
+  def draw(path, x):
+    if any(getattr(k, "key", None) in ZERO_INIT_PARAMS for k in path):
+      return jax.random.normal(_key(len(path)), x.shape, x.dtype)
+    return x
+  return jax.tree_util.tree_map_with_path(draw, params)
 
 
 @functools.lru_cache(maxsize=None)
 def _model_and_params(decoder):
   model = prior.Prior(**VARIANTS[decoder], **SMALL)
   params = jax.jit(functools.partial(model.init, train=False))(_key(0), *_batch())["params"]
-  return model, nn.unbox(params)
+  return model, _randomize_zero_init(nn.unbox(params))
 
 
 def _z(seed=3):
@@ -66,13 +80,13 @@ def test_logits_shape_and_aux(decoder):
   model, params = _model_and_params(decoder)
   logits, aux = model.apply({"params": params}, *_batch(), train=True,
                             rngs={"style": _key(1)})
-  assert logits.shape == (B, T, 3, 2, 2, 16) and logits.dtype == jnp.float32
+  assert logits.shape == (B, T, 4, 2, 2, 16) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
   assert aux["mu"].shape == aux["log_sigma"].shape == aux["z"].shape == (B, 16)
   assert aux["kl"].shape == ()
 
 
-@pytest.mark.parametrize("decoder", ["far", "mar", "mar_local"])
+@pytest.mark.parametrize("decoder", ["far", "mar", "mar_local", "far_patch", "mar_patch"])
 def test_causality_by_perturbation(decoder):
   """Changing code i changes no logit at or before i (FAR: of frames <= its frame), some later.
 
@@ -88,11 +102,11 @@ def test_causality_by_perturbation(decoder):
   for i in range(T * length):
     bumped = flat.at[:, i].set((flat[:, i] + 1) % SMALL["num_codes"]).reshape(codes.shape)
     delta = np.abs(np.asarray(apply(bumped) - base)).max(axis=(0, -1)).reshape(-1)  # [T*L]
-    last_unaffected = (i // length + 1) * length if decoder == "far" else i + 1
+    last_unaffected = (i // length + 1) * length if model.decoder == "far" else i + 1
     np.testing.assert_array_equal(delta[:last_unaffected], 0.0, err_msg=f"code {i}")
     if last_unaffected < T * length:
       assert delta[last_unaffected:].max() > 1e-4, f"code {i} changes no later logit"
-    if decoder != "far" and i % length < length - 1:
+    if model.decoder != "far" and i % length < length - 1:
       assert delta[i + 1] > 1e-4, f"code {i} does not reach the next code of its frame"
 
 
@@ -124,7 +138,7 @@ def _teacher_forced_by_steps(model, params, codes, mel, episode, z):
   return jnp.stack(out, axis=1)
 
 
-@pytest.mark.parametrize("decoder", ["far", "mar", "mar_local"])
+@pytest.mark.parametrize("decoder", ["far", "mar", "mar_local", "far_patch", "mar_patch"])
 def test_cached_decoding_equals_teacher_forcing(decoder):
   model, params = _model_and_params(decoder)
   codes, mel, episode = _batch(seed=1, frames=SMALL["max_frames"])
@@ -132,6 +146,35 @@ def test_cached_decoding_equals_teacher_forcing(decoder):
   full, _ = model.apply({"params": params}, codes, mel, episode, train=False, z=z)
   stepped = _teacher_forced_by_steps(model, params, codes, mel, episode, z)
   np.testing.assert_allclose(stepped, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["far_patch", "mar_patch"])
+def test_a_saturated_copy_gate_repeats_the_previous_frame(decoder):
+  """Gate bias +100: every code of frames >= 1 is the previous frame's (frame 0 has none)."""
+  model, params = _model_and_params(decoder)
+  name = "copy" if decoder == "far_patch" else "depth_copy"
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: (jnp.full_like(x, 100.0) if path[-1].key in ("bias", "depth_copy_bias")
+                       and path[0].key in (name, "depth_copy_bias") else x), params)
+  codes, mel, episode = _batch(seed=2)
+  logits, _ = model.apply({"params": params}, codes, mel, episode, train=False, z=_z())
+  np.testing.assert_array_equal(jnp.argmax(logits[:, 1:], -1), codes[:, :-1])
+  assert np.mean(np.asarray(jnp.argmax(logits[:, 0], -1) == codes[:, 0])) < 0.5
+
+
+def test_spatial_patches_group_2x2_cells_and_map_back_to_the_grid():
+  """spatial_patch=2 on a 4x6 grid: patch (i, j) holds cells (2i..2i+1, 2j..2j+1) in raster order,
+  and `_from_patches` is its inverse."""
+  model = prior.Prior(**{**SMALL, "grid": (4, 6), "spatial_patch": 2})
+  rows, cols = np.meshgrid(np.arange(4), np.arange(6), indexing="ij")
+  cells = jnp.asarray(np.stack([rows, cols], -1).reshape(1, 1, 24, 2))  # [1, 1, P, (row, col)]
+  patches = model._to_patches(cells)  # [1, 1, 6, 4, 2]
+  assert patches.shape == (1, 1, 6, 4, 2)
+  np.testing.assert_array_equal(patches[0, 0, 4], [[2, 2], [2, 3], [3, 2], [3, 3]])  # patch (1, 1)
+  np.testing.assert_array_equal(patches[0, 0, 2], [[0, 4], [0, 5], [1, 4], [1, 5]])  # patch (0, 2)
+  np.testing.assert_array_equal(model._from_patches(patches), cells)
+  with pytest.raises(ValueError, match="spatial_patch=3 must divide"):
+    prior.Prior(**{**SMALL, "spatial_patch": 3}).init(_key(0), *_batch(), train=False)
 
 
 def test_per_frame_episode_changes_only_that_frame_onwards():
@@ -215,23 +258,26 @@ def _stack_params(layers, d, heads, head_dim, mlp, cross=False):
 
 def _expected_params(decoder, grid, code_heads, num_codes, num_episodes, max_frames, d_model,
                      num_heads, head_dim, mlp_dim, temporal_layers, spatial_layers, audio_layers,
-                     code_embed_dim, style_dim, style_hidden, depth_dim, depth_layers):
+                     code_embed_dim, style_dim, style_hidden, depth_dim, depth_layers,
+                     spatial_patch=1, copy_gate=False, spatial_film=False, cond_skip=False):
   """The prior's parameter count, written out from its layout."""
   d, p, k, v = d_model, grid[0] * grid[1], code_heads, num_codes
+  s2 = spatial_patch**2  # cells a spatial token
   e, hs = code_embed_dim, style_hidden
   audio = (5 * 80 * d + d) + 2 * (4 * d * d + d) + max_frames * d + _stack_params(
       audio_layers, d, num_heads, head_dim, mlp_dim)
   style = k * v * e + (p * e * hs + hs) + (hs * hs + hs) + (hs * 2 * style_dim + 2 * style_dim)
   frame = (num_episodes * d + d * d + style_dim * d + max_frames * d + k * v * e + p * e
-           + p * e * d + p * d + e * d)
+           + p * e * d + p // s2 * d + s2 * e * d + (spatial_film + cond_skip) * d * d)
   temporal = _stack_params(temporal_layers, d, num_heads, head_dim, mlp_dim, cross=True)
   spatial = _stack_params(spatial_layers, d, num_heads, head_dim, mlp_dim) if spatial_layers else 0
   if decoder == "far":
-    head = 2 * d + d * k * v
+    head = 2 * d + d * s2 * k * v + copy_gate * (d * s2 * k + s2 * k)
   else:
     dd = depth_dim
-    head = (d * dd + p * k * dd + k * v * dd + dd + k * dd * v
-            + _stack_params(depth_layers, dd, num_heads, dd // num_heads, 4 * dd))
+    head = (d * s2 * dd + p * k * dd + k * v * dd + dd + k * dd * v
+            + _stack_params(depth_layers, dd, num_heads, dd // num_heads, 4 * dd)
+            + copy_gate * (k * dd + k))
   return audio + style + frame + temporal + spatial + head
 
 
@@ -245,9 +291,11 @@ def _assert_all_partitioned(boxed):
 
 
 @pytest.mark.parametrize("decoder", ["far", "mar"])
-@pytest.mark.parametrize("size", ["small", "tiny", "paper"])
+@pytest.mark.parametrize("size", ["small", "tiny", "tiny_patch", "paper"])
 def test_parameter_count_shapes_and_logical_names(decoder, size):
-  cfg = dict({"small": SMALL, "tiny": TINY, "paper": PAPER}[size], decoder=decoder)
+  tiny_patch = {**TINY, "grid": (16, 14), "num_codes": 32, **SPATIAL}
+  cfg = dict({"small": SMALL, "tiny": TINY, "tiny_patch": tiny_patch, "paper": PAPER}[size],
+             decoder=decoder)
   boxed, logits = _abstract_params(**cfg)
   _assert_all_partitioned(boxed)
   count = prior.num_params(boxed)

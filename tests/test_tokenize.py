@@ -33,7 +33,7 @@ def test_codes_are_the_dvae_encoding_of_every_clip(tokens):
   root, written = tokens
   assert len(written) == 4 + 3  # 12 train clips in shards of 3; 8 validation clips: 3, 3, 2
   manifest = token_pipeline.read_manifest(root)
-  assert manifest["grid"] == [4, 3] and manifest["code_heads"] == 2
+  assert manifest["grid"] == [4, 2] and manifest["code_heads"] == 2
   assert manifest["num_codes"] == 16 and manifest["num_frames"] == 8
   model, params = token_fixtures.model_and_params()
   cfg = token_fixtures.data_config()
@@ -107,18 +107,22 @@ def test_token_batches_are_deterministic_process_sharded_and_resumable(tokens):
   with _iterator(root) as it:
     batches = [next(it) for _ in range(5)]  # 20 rows: more than one epoch of 12 clips
     b = batches[0]
-    assert b["codes"].shape == (4, 4, 4, 3, 2) and b["codes"].dtype == np.int32
+    assert b["codes"].shape == (4, 4, 4, 2, 2) and b["codes"].dtype == np.int32
     assert b["mel"].shape == (4, 16, 80) and b["episode"].shape == (4,)
-    assert b["truth"].shape == (4, 4, 7) and b["mouth"].shape == (4, 4, 4, 3)
+    assert b["truth"].shape == (4, 4, 7) and b["mouth"].shape == (4, 4, 4, 2)
     state = it.get_state()
     after = next(it)
   # A window's codes, mel and truth come from the same frames of one clip.
   clips = _all_clips(root, "train")
-  (i, t0), = [(i, t) for i, c in enumerate(clips) for t in range(5)
-              if np.array_equal(c["codes"][t:t + 4], b["codes"][0])][:1]
-  np.testing.assert_array_equal(clips[i]["mel"][4 * t0:4 * t0 + 16], b["mel"][0])
-  np.testing.assert_array_equal(clips[i]["truth"][t0:t0 + 4], b["truth"][0])
-  np.testing.assert_array_equal(clips[i]["mouth"][t0:t0 + 4], b["mouth"][0])
+  # (A random dVAE's codes of a small grid can repeat, so every window with these codes is a
+  # candidate; one of them must match in mel, truth and mouth too.)
+  candidates = [(i, t) for i, c in enumerate(clips) for t in range(5)
+                if np.array_equal(c["codes"][t:t + 4], b["codes"][0])]
+  assert candidates
+  assert any(np.array_equal(clips[i]["mel"][4 * t0:4 * t0 + 16], b["mel"][0])
+             and np.array_equal(clips[i]["truth"][t0:t0 + 4], b["truth"][0])
+             and np.array_equal(clips[i]["mouth"][t0:t0 + 4], b["mouth"][0])
+             for i, t0 in candidates), candidates
   with _iterator(root) as again:  # same seed: same batches
     for want in batches:
       jax.tree.map(np.testing.assert_array_equal, next(again), want)

@@ -3,6 +3,7 @@
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -97,7 +98,7 @@ def test_smoke_loss_falls_checkpoint_exists_and_controls_are_logged(reference):
   # What generation loads: the same parameters and the model the manifest describes.
   model, params, config = train_prior.restore_frozen(str(workdir))
   assert config.model == "prior" and model.decoder == "far" and model.d_model == SMALL["d_model"]
-  assert (model.grid, model.code_heads, model.num_codes) == ((4, 3), 2, 16)
+  assert (model.grid, model.code_heads, model.num_codes) == ((4, 2), 2, 16)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(a, b)
 
@@ -121,3 +122,15 @@ def test_one_and_eight_devices_give_the_same_losses(tokens, tmp_path, decoder):
   np.testing.assert_allclose(losses[1], losses[2], rtol=2e-5)
   assert losses[1][-1] < losses[1][0]
 
+
+
+def test_gap_z_scores_are_paired_over_windows():
+  """Per-window gaps 1, 2, 3, 4 (a window's gap: the mean over its weighted codes) -> mean 2.5,
+  sample sd 1.291, z = 2.5 / (1.291 / 2); a window without weighted codes is left out."""
+  nll = jnp.zeros((5, 2))
+  control = jnp.array([[1.0, 1.0], [2.0, 2.0], [3.0, 9.0], [4.0, 4.0], [7.0, 7.0]])
+  weight = jnp.array([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+  sums = {k: float(v) for k, v in train_prior._paired_sums("gap", control, nll, weight).items()}
+  assert sums["gap_windows"] == 4 and sums["gap_sum"] == 10.0 and sums["gap_sq"] == 30.0
+  want = 2.5 / (np.std([1, 2, 3, 4], ddof=1) / 2)
+  np.testing.assert_allclose(train_prior._z_score(sums, "gap"), want, rtol=1e-6)

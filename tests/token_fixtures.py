@@ -1,5 +1,5 @@
 """Tokens for the prior's tests: a randomly initialised tiny dVAE encodes a few small synthetic
-clips (32x24 frames -> a 4x3 grid x 2 heads, 16 codes), as `nwt_jax.tokenize` does for a trained
+clips (32x16 frames -> a 4x2 grid x 2 heads, 16 codes), as `nwt_jax.tokenize` does for a trained
 one. Shared by test_tokenize.py and test_train_prior.py."""
 
 import functools
@@ -13,7 +13,7 @@ from nwt_jax.models import dvae
 
 DVAE = dict(channels=(8, 8, 8, 8), res_blocks=(1, 0, 0, 0), dim=16, num_codes=16, heads=2,
             num_episodes=8, episode_dim=8, norm_groups=4)
-CLIPS = dict(source="synthetic_inline", num_frames=8, height=32, width=24, num_train_clips=12,
+CLIPS = dict(source="synthetic_inline", num_frames=8, height=32, width=16, num_train_clips=12,
              num_validation_clips=8, num_episodes=4, num_workers=2)
 CLIPS_PER_SHARD = 3  # train: 4 shards of 3; validation: 3 shards (3, 3, 2)
 
