@@ -18,7 +18,7 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from absl import app
@@ -193,17 +193,23 @@ def audio_features(audio: np.ndarray) -> tuple[np.ndarray, int]:
 # Decoding
 
 
-def windows(num_frames: int, window: int, overlap: int) -> Iterator[tuple[int, int]]:
-  """(start, prompt frames) of each window covering [0, num_frames): windows after the first
-  start `overlap` frames before the previous one's end and take those frames as their prompt."""
+def windows(num_frames: int, window: int, overlap: int, cuts: Iterable[int] = ()
+             ) -> Iterator[tuple[int, int, int]]:
+  """(start, prompt frames, stop) of each window covering [0, num_frames): a window after the
+  first starts `overlap` frames before the previous one's stop and takes those frames as its
+  prompt, except at a cut (a frame where the episode changes), where a window stops and the next
+  starts afresh, with no prompt."""
   if not 0 <= overlap < window:
     raise ValueError(f"overlap must be in [0, {window}), got {overlap}")
+  cuts = sorted(c for c in set(cuts) if 0 < c < num_frames)
   start, prompt = 0, 0
   while True:
-    yield start, prompt
-    if start + window >= num_frames:
+    cut = next((c for c in cuts if start < c <= start + window), None)
+    stop = min(start + window, num_frames) if cut is None else cut
+    yield start, prompt, stop
+    if stop >= num_frames:
       return
-    start, prompt = start + window - overlap, overlap
+    start, prompt = (cut, 0) if cut is not None else (stop - overlap, overlap)
 
 
 class Generator:
@@ -241,8 +247,11 @@ class Generator:
     floor = math.log(audio_lib.LOG_FLOOR)
     given = np.zeros((batch, w) + self._frame_shape, np.int32)  # the prompt, then zeros
     bar = _progress_bar(num_frames, progress)
-    for index, (start, prompt) in enumerate(windows(num_frames, w, self.overlap)):
-      stop = min(start + w, num_frames)
+    # An episode switch is a cut: in training a clip never changes episode, so the prior has
+    # only learnt to draw a new episode's look from the BOS frame at a window's start, and a
+    # window continued across the switch keeps copying the old look.
+    cuts = np.flatnonzero((episodes[:, 1:] != episodes[:, :-1]).any(axis=0)) + 1
+    for index, (start, prompt, stop) in enumerate(windows(num_frames, w, self.overlap, cuts)):
       window_mel = np.full((batch, MEL_PER_FRAME * w, mel.shape[-1]), floor, np.float32)
       window_mel[:, :MEL_PER_FRAME * (stop - start)] = mel[:, MEL_PER_FRAME * start:
                                                            MEL_PER_FRAME * stop]

@@ -118,11 +118,15 @@ def test_reference_style_is_the_posterior_mean_of_the_clip():
 # --- windowed decoding -----------------------------------------------------------------------
 
 
-def test_windows_cover_the_audio_with_overlapping_prompts():
+def test_windows_cover_the_audio_with_overlapping_prompts_and_restart_at_cuts():
   spans = list(generate.windows(70, 32, 8))
-  assert spans == [(0, 0), (24, 8), (48, 8)]
-  assert list(generate.windows(32, 32, 8)) == [(0, 0)]
-  assert list(generate.windows(5, 32, 8)) == [(0, 0)]
+  assert spans == [(0, 0, 32), (24, 8, 56), (48, 8, 70)]
+  assert list(generate.windows(32, 32, 8)) == [(0, 0, 32)]
+  assert list(generate.windows(5, 32, 8)) == [(0, 0, 5)]
+  # An episode switch at frame 40 ends a window there; the next starts at 40 with no prompt.
+  assert list(generate.windows(70, 32, 8, cuts=[40])) == [(0, 0, 32), (24, 8, 40), (40, 0, 70)]
+  assert list(generate.windows(70, 32, 8, cuts=[32, 0, 70])) == [(0, 0, 32), (32, 0, 64),
+                                                                 (56, 8, 70)]
   with pytest.raises(ValueError):
     list(generate.windows(10, 8, 8))
 
