@@ -249,7 +249,8 @@ class Generator:
     bar = _progress_bar(num_frames, progress)
     # An episode switch is a cut: in training a clip never changes episode, so the prior has
     # only learnt to draw a new episode's look from the BOS frame at a window's start, and a
-    # window continued across the switch keeps copying the old look.
+    # window continued across the switch keeps copying the old look. The streams of a batch
+    # share their windows: a switch in one is a cut for all.
     cuts = np.flatnonzero((episodes[:, 1:] != episodes[:, :-1]).any(axis=0)) + 1
     for index, (start, prompt, stop) in enumerate(windows(num_frames, w, self.overlap, cuts)):
       window_mel = np.full((batch, MEL_PER_FRAME * w, mel.shape[-1]), floor, np.float32)
