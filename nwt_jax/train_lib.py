@@ -120,7 +120,9 @@ class _EventWriter(_LoggingWriter):
     # TensorFlow's naming (time, host, pid, a counter): a rerun never overwrites a file.
     name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
             f"{os.getpid()}.{next(_EVENT_FILES)}.v2")
-    self._file = (epath.Path(workdir) / name).open("wb")
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)  # as TensorFlow's writer does
+    self._file = (workdir / name).open("wb")
     self._records = record_writer.RecordWriter(self._file)
     self._write(event_pb2.Event(file_version="brain.Event:2"))
 
