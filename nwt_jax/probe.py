@@ -47,6 +47,10 @@ TRUTH_RANGES = np.array([
 # Keys whose r gates trust; blink is measured and reported but not gated.
 GATED_KEYS = ("mouth_open", "mouth_width", "cam_x", "cam_y", "zoom", "tilt")
 MIN_R = 0.95
+# Squared-error weight per truth key (TRUTH_KEYS order). The mouth is a few pixels and is learnt
+# last: with equal weights mouth_width needed 1500 steps to reach MIN_R (r 0.92 after 700); with
+# these every gated key has r >= 0.97 after 1000 steps (seed 0, 64x56).
+LOSS_WEIGHTS = np.array([2.5, 2.5, 0.5, 0.5, 0.5, 0.7, 1.5], np.float32)
 MIN_EPISODE_ACCURACY = 0.99
 # Seed-sequence tags that keep training and held-out frames disjoint for any seed.
 _TRAIN_STREAM, _HELDOUT_STREAM = 0, 1
@@ -169,11 +173,11 @@ def _augment(key: jax.Array, x: jax.Array) -> jax.Array:
   return x + std * jax.random.normal(k_noise, x.shape)
 
 
-def train_probe(seed: int = 0, height: int = 64, width: int = 56, steps: int = 1500, *,
+def train_probe(seed: int = 0, height: int = 64, width: int = 56, steps: int = 1000, *,
                 batch_size: int = 64, learning_rate: float = 4e-3, num_random: int = 8000,
                 num_clips: int = 64, log: Callable[[str], None] | None = None) -> Probe:
-  """Trains a probe (adam, warmup-cosine) on `num_random` random-truth frames plus `num_clips`
-  32-frame clips, all rendered at height x width. Deterministic for a seed on one machine."""
+  """Trains a probe (adam, warmup-cosine, LOSS_WEIGHTS) on `num_random` random-truth frames plus
+  `num_clips` 32-frame clips, all rendered at height x width. Deterministic for a seed on one machine."""
   start = time.time()
   frames, truth, episodes = _training_set(seed, num_random, num_clips, height, width)
   if log:
@@ -186,14 +190,14 @@ def train_probe(seed: int = 0, height: int = 64, width: int = 56, steps: int = 1
   opt_state = tx.init(params)
 
   # Full XLA optimisation even where a test session lowers it to save compile time: this step
-  # runs 1500 times, so its run time, not its compile time, is what counts.
+  # runs 1000 times, so its run time, not its compile time, is what counts.
   @functools.partial(jax.jit, compiler_options=OPTIMISED)
   def train_step(params, opt_state, frames, truth, episodes, key):
     x = _augment(key, _to_float(frames))
 
     def loss_fn(p):
       pred, logits = model.apply({"params": p}, x)
-      mse = jnp.mean((pred - _scale_truth(truth)) ** 2)
+      mse = jnp.mean(LOSS_WEIGHTS * (pred - _scale_truth(truth)) ** 2)
       xent = optax.softmax_cross_entropy_with_integer_labels(logits, episodes).mean()
       return mse + 0.1 * xent, (mse, xent)
 

@@ -1,6 +1,8 @@
 """Test set-up: 8 virtual CPU devices stand in for a pod slice (DESIGN §5)."""
 
 import os
+import shutil
+import tempfile
 
 # Must happen before jax is imported anywhere.
 _flags = os.environ.get("XLA_FLAGS", "")
@@ -13,3 +15,33 @@ if "xla_backend_optimization_level" not in _flags:
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for the session: the xdist workers and every subprocess
+# (CLI runs, restarted trainers) inherit it from the controller's environment, so a program
+# compiled once (the same step jitted again by another test or process) is loaded, not rebuilt.
+# A fresh directory per session (the controller's), so timings and behaviour never depend on an
+# earlier run; set JAX_COMPILATION_CACHE_DIR to choose one yourself.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="nwt_jax_test_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE and not hasattr(config, "workerinput"):  # the process that made it
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# With `--dist loadfile` a file runs on one worker and files are handed out in collection order:
+# the files that take minutes go first, so none of them starts last while the other worker idles
+# (heaviest first; the rest keep their order).
+HEAVY_FILES = ("test_evaluate.py", "test_train_prior.py", "test_bench.py", "test_prior.py",
+               "test_bad_inputs.py", "test_multiprocess.py", "test_train_dvae.py", "test_dvae.py",
+               "test_generate.py", "test_sampling.py", "test_builder.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(HEAVY_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FILES)))
