@@ -177,7 +177,8 @@ def train_probe(seed: int = 0, height: int = 64, width: int = 56, steps: int = 1
                 batch_size: int = 64, learning_rate: float = 4e-3, num_random: int = 8000,
                 num_clips: int = 64, log: Callable[[str], None] | None = None) -> Probe:
   """Trains a probe (adam, warmup-cosine, LOSS_WEIGHTS) on `num_random` random-truth frames plus
-  `num_clips` 32-frame clips, all rendered at height x width. Deterministic for a seed on one machine."""
+  `num_clips` 32-frame clips, all rendered at height x width. Deterministic for a seed on one
+  machine."""
   start = time.time()
   frames, truth, episodes = _training_set(seed, num_random, num_clips, height, width)
   if log:

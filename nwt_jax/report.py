@@ -40,7 +40,8 @@ def read_scalars(logdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   for tag in acc.Tags().get("scalars", []):
     events = acc.Scalars(tag)
     out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
-  for tag in acc.Tags().get("tensors", []):  # clu writes scalars as tensors through tf.summary
+  # Runs written by clu's writer (before train_lib wrote simple values) hold scalar tensors.
+  for tag in acc.Tags().get("tensors", []):
     events = acc.Tensors(tag)
     values = [np.asarray(_tensor_value(e.tensor_proto)) for e in events]
     if all(v.ndim == 0 for v in values):
