@@ -91,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mel_std=4.0,  # log-mel normalisation scale
       dropout_rate=0.0,  # residual dropout (tiny: none, the data is plentiful)
       prev_frame_dropout=0.0,  # P(a frame sees the BOS frame instead of its predecessor)
+      audio_dropout=0.2,  # P(a window sees the learned null audio): what audio guidance needs
       copy_gate=True,  # each code's logits + g * one_hot(the previous frame's code there)
       spatial_film=True,  # the previous frame's cells scaled by (1 + W h_t): audio x content
       cond_skip=True,  # the frame's cond (audio, episode, style) also straight to its cells
@@ -100,6 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       kl_weight=1.0,  # final KL weight; the KL is divided by the codes per window (1 = ELBO)
       kl_anneal_steps=500,  # KL weight rises linearly from 0 over this many steps
       label_smoothing=0.0,  # cross-entropy label smoothing
+      change_weight=20.0,  # loss weight of codes that differ from the previous frame's (and of
+                           # frame 0's), logit-adjusted: the rare changes carry the audio
   )
 
   c.optim = dict(

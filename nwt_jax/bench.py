@@ -89,6 +89,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("overlap_frames", 4, "generate: prompt frames repeated from the last window.")
   flags.DEFINE_boolean("compile_check", True, "generate: compile seconds for 30 s vs 600 s audio.")
   flags.DEFINE_float("temperature", 1.0, "generate: sampling temperature.")
+  flags.DEFINE_float("audio_guidance", 1.0, "generate: classifier-free audio guidance weight "
+                     "(1: off; > 1 decodes with and without the audio as one batch).")
   flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of the timed steps here.")
 
 
@@ -375,7 +377,7 @@ class Generation:
 
   def __init__(self, prior_config: ml_collections.ConfigDict,
                dvae_config: ml_collections.ConfigDict, *, overlap: int = 4,
-               temperature: float = 1.0, seed: int = 0):
+               temperature: float = 1.0, audio_guidance: float = 1.0, seed: int = 0):
     self.window = prior_config.prior.max_frames
     if not 0 <= overlap < self.window:
       raise ValueError(f"overlap_frames={overlap} must be in [0, max_frames={self.window})")
@@ -383,7 +385,9 @@ class Generation:
     self.manifest = manifest_from_dvae(dvae_config, self.window)
     self.prior = train_prior.make_model(prior_config, self.manifest)
     self.dvae, _ = train_dvae.make_models(dvae_config)
-    self.options = sampling.SamplingOptions(temperature=temperature)
+    self.options = sampling.SamplingOptions(temperature=temperature,
+                                            audio_guidance=audio_guidance)
+    self.rows = 2 if self.options.guided else 1  # guidance: with and without audio, one batch
     self.frame_shape = tuple(self.manifest["grid"]) + (self.manifest["code_heads"],)
     self.frame_hw = (dvae_config.data.height, dvae_config.data.width)
     w = self.window
@@ -418,7 +422,7 @@ class Generation:
     sds = jax.ShapeDtypeStruct
     w = self.window
     sampler = sampling.make_sampler(self.prior, self.options)
-    cache = jax.eval_shape(lambda: self.prior.init_cache(1))
+    cache = jax.eval_shape(lambda: sampling.init_cache(self.prior, 1, self.options))
     compiled = {"sampler": sampler.lower(
         self.prior_params, sds((1, 4 * w, 80), jnp.float32), sds((1,), jnp.int32),
         sds((1, self.style_dim), jnp.float32), jax.random.key(0), cache,
@@ -438,7 +442,7 @@ class Generation:
     episode = jnp.zeros((1,), jnp.int32)
     z = jnp.zeros((1, self.style_dim), jnp.float32)
     rng = jax.random.key(seed)
-    cache = self.prior.init_cache(1)
+    cache = sampling.init_cache(self.prior, 1, self.options)
     prompt = jnp.zeros((1, w) + self.frame_shape, jnp.int32)
     out = []
     for i, (start, new) in enumerate(self.windows(num_frames)):
@@ -456,14 +460,14 @@ class Generation:
   def flops(self, num_frames: int) -> float:
     """FLOPs of `run` for `num_frames` frames: per-window context + per-frame (and, MAR,
     per-code) steps x their trip counts + rendering (XLA counts a loop body once)."""
-    sds, w, p = jax.ShapeDtypeStruct, self.window, self.prior
+    sds, w, p, r = jax.ShapeDtypeStruct, self.window, self.prior, self.rows
     v = {"params": self.prior_params}
-    mel, ep = sds((1, 4 * w, 80), jnp.float32), sds((1,), jnp.int32)
-    z = sds((1, self.style_dim), jnp.float32)
+    mel, ep = sds((r, 4 * w, 80), jnp.float32), sds((r,), jnp.int32)
+    z = sds((r, self.style_dim), jnp.float32)
     encode = lambda m, e, zz: p.apply(v, m, e, zz, method=p.encode_context)
     context = jax.eval_shape(encode, mel, ep, z)
-    cache = jax.eval_shape(lambda: p.init_cache(1))
-    prev = sds((1,) + self.frame_shape, jnp.int32)
+    cache = jax.eval_shape(lambda: p.init_cache(r))
+    prev = sds((r,) + self.frame_shape, jnp.int32)
     t = sds((), jnp.int32)
     sample = functools.partial(sampling.sample_logits, options=self.options)
     windows = self.windows(num_frames)
@@ -481,7 +485,7 @@ class Generation:
         return sample(jax.random.key(0), logits), cache
       per_frame = (flops_of(jax.jit(frame).lower(context, prev, t, cache).compile())
                    + p.codes_per_frame * flops_of(jax.jit(code).lower(
-                       frame_ctx, sds((1,), jnp.int32), t, cache).compile()))
+                       frame_ctx, sds((r,), jnp.int32), t, cache).compile()))
       total += len(windows) * w * per_frame
     render = jax.jit(self._render)
     for _, n in windows:
@@ -497,11 +501,13 @@ def synthetic_mel(num_frames: int, seed: int = 0) -> np.ndarray:
 
 def bench_generate(prior_config: ml_collections.ConfigDict,
                    dvae_config: ml_collections.ConfigDict, *, audio_seconds: float,
-                   overlap: int = 4, temperature: float = 1.0, compile_check: bool = True,
+                   overlap: int = 4, temperature: float = 1.0, audio_guidance: float = 1.0,
+                   compile_check: bool = True,
                    compile_lengths: tuple[float, float] = (30.0, 600.0),
                    peak: tuple[float, str] | None = None) -> dict[str, Any]:
   """Decodes `audio_seconds` of audio once (after a warm-up run) -> the JSON record."""
-  g = Generation(prior_config, dvae_config, overlap=overlap, temperature=temperature)
+  g = Generation(prior_config, dvae_config, overlap=overlap, temperature=temperature,
+                 audio_guidance=audio_guidance)
   num_frames = int(round(audio_seconds * FRAME_RATE))
   record = {}
   if compile_check:
@@ -529,7 +535,7 @@ def bench_generate(prior_config: ml_collections.ConfigDict,
       "num_devices": jax.device_count(), "jax_version": jax.__version__,
       "dtype": prior_config.dtype, "audio_seconds": audio_seconds, "frames": num_frames,
       "windows": len(g.windows(num_frames)), "window_frames": g.window,
-      "overlap_frames": overlap, "wall_s": wall, "rtf": wall / audio_seconds,
+      "overlap_frames": overlap, "audio_guidance": audio_guidance, "wall_s": wall, "rtf": wall / audio_seconds,
       "throughput": num_frames / wall, "throughput_unit": "frames/s",
       "step_s": wall / num_frames, "flops_per_step": flops / num_frames,
       "flops_total": flops, "achieved_flops_per_s": flops / wall,
@@ -560,6 +566,7 @@ def main(argv):
   if FLAGS.what == "generate":
     record = bench_generate(FLAGS.config, FLAGS.dvae_config, audio_seconds=FLAGS.audio_seconds,
                             overlap=FLAGS.overlap_frames, temperature=FLAGS.temperature,
+                            audio_guidance=FLAGS.audio_guidance,
                             compile_check=FLAGS.compile_check, peak=peak)
   else:
     w = (dvae_workload(FLAGS.config) if FLAGS.what == "dvae_step"

@@ -13,6 +13,7 @@ run goes may change (`MAY_DIFFER_ON_RESUME`).
 
 from collections.abc import Callable, Iterable, Mapping
 import json
+import os
 import time
 from typing import Any
 
@@ -89,7 +90,10 @@ class Checkpointer:
                async_save: bool = True):
     """`max_to_keep` latest checkpoints are kept, or, with `best_metric`, the best ones by the
     metrics passed to `save` (checkpoints saved without metrics are kept as well)."""
-    self.directory = epath.Path(workdir) / "checkpoints"
+    # Orbax wants absolute paths; a local workdir may be given relative to the current one.
+    workdir = os.fspath(workdir)
+    self.directory = epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)
+                                ) / "checkpoints"
     self._config = _config_json(config)
     self._may_differ = tuple(may_differ)
     options = ocp.CheckpointManagerOptions(

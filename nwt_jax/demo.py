@@ -37,13 +37,15 @@ def _define_flags() -> None:
   flags.DEFINE_integer("num_validation_clips", 64, "Synthetic clips in the validation split.")
   flags.DEFINE_integer("num_frames", 32, "Frames per clip (30 fps).")
   flags.DEFINE_integer("dvae_steps", 400, "dVAE training steps (the demo stops before the adversarial phase).")
-  flags.DEFINE_integer("prior_steps", 400, "Prior training steps.")
+  flags.DEFINE_integer("prior_steps", 600, "Prior training steps.")
   flags.DEFINE_string("prior_preset", "tiny,far", "configs/prior.py preset.")
   flags.DEFINE_integer("eval_clips", 16, "Held-out clips the evaluation generates.")
   flags.DEFINE_integer("eval_frames", 64, "Frames per held-out clip (two prior windows).")
   flags.DEFINE_float("temperature", 0.7, "Sampling temperature of the demo's videos.")
+  flags.DEFINE_float("audio_guidance", 3.0, "Classifier-free audio guidance weight (1: off).")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+DEMO_FRAME_SIZE = (64, 56)  # (H, W) of the demo's clips: the `tiny` dVAE's frames
 # The training curves the report plots, per stage (TensorBoard tags the trainers write).
 CURVES = {
     "dvae": ("train/loss", "train/l1", "eval/psnr", "eval/ssim", "eval/usage_min",
@@ -72,8 +74,8 @@ def dataset_builder(data_dir: pathlib.Path, *, num_train_clips: int, num_validat
   config = nwt_clips.NwtClipsConfig(
       name=f"demo_t{num_frames}_{num_train_clips}_{num_validation_clips}",
       num_frames=num_frames, num_train_clips=num_train_clips,
-      num_validation_clips=num_validation_clips,
-      description="The demo's synthetic talking-head clips.")
+      num_validation_clips=num_validation_clips, height=DEMO_FRAME_SIZE[0],
+      width=DEMO_FRAME_SIZE[1], description="The demo's synthetic talking-head clips.")
   return nwt_clips.Builder(config=config, data_dir=str(data_dir))
 
 
@@ -122,6 +124,28 @@ def _run(stage: str, args: list[str], log_path: pathlib.Path) -> float:
   seconds = time.perf_counter() - start
   print(f"=== {stage}: {seconds:.0f} s", flush=True)
   return seconds
+
+
+def _start_probe(workdir: pathlib.Path, height: int, width: int) -> subprocess.Popen | None:
+  """Trains the evaluation probe in a background process at low priority (nice 10) while the
+  tokenizer and the prior run: they leave part of the CPU idle, and the probe needs none of their
+  outputs. None if the probe is already saved. Its log is workdir/probe.log."""
+  path = workdir / "probe.npz"
+  if path.exists():
+    return None
+  code = ("import os; os.nice(10); from nwt_jax import evaluate; "
+          f"evaluate.load_or_train_probe({str(path)!r}, {height}, {width})")
+  print(f"\n=== probe: training in the background (log: {workdir / 'probe.log'})", flush=True)
+  with open(workdir / "probe.log", "w") as log:
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def _wait_for_probe(proc: subprocess.Popen | None, workdir: pathlib.Path) -> None:
+  """Waits for `_start_probe`'s process; if it failed, the evaluation trains the probe itself."""
+  if proc is not None and proc.wait():
+    print(f"warning: the background probe failed (exit {proc.returncode}; see "
+          f"{workdir / 'probe.log'}); the evaluation trains it again", flush=True)
 
 
 def _worth_showing(line: str) -> bool:
@@ -177,7 +201,8 @@ def _bars(metrics: dict) -> list[dict]:
 
 
 def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: int,
-                        temperature: float, timings: dict, prior_preset: str = "tiny,far"):
+                        temperature: float, timings: dict, prior_preset: str = "tiny,far",
+                        audio_guidance: float = 1.0):
   """The evaluate and report stages (in this process): returns the metrics."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from nwt_jax import evaluate  # pylint: disable=g-import-not-at-top
@@ -195,7 +220,8 @@ def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: in
                                  models.prior.num_episodes)
   metrics, recon = evaluate.evaluate_reconstruction(models, clips, probe=probe)
   generation, samples = evaluate.evaluate_generation(
-      models, probe, clips, options=sampling.SamplingOptions(temperature=temperature))
+      models, probe, clips, options=sampling.SamplingOptions(
+          temperature=temperature, audio_guidance=audio_guidance))
   metrics.update(generation)
   timings["evaluate"] = time.perf_counter() - start
 
@@ -269,6 +295,7 @@ def main(argv):
   timings["dvae"] = _run("dvae", _train_args(
       "configs/dvae.py:tiny", workdir / "dvae",
       {**data, "train.num_steps": FLAGS.dvae_steps}), workdir / "dvae.log")
+  probe = _start_probe(workdir, *DEMO_FRAME_SIZE)
   timings["tokenize"] = _run("tokenize", [
       "nwt_jax.tokenize", f"--dvae_workdir={workdir / 'dvae'}", f"--output={workdir / 'tokens'}",
       "--source=tfds", f"--data_dir={workdir / 'tfds'}", f"--tfds_name={summary['dataset']}"],
@@ -279,18 +306,21 @@ def main(argv):
        "train.num_steps": FLAGS.prior_steps}), workdir / "prior.log")
 
   from nwt_jax import evaluate  # pylint: disable=g-import-not-at-top
-  clip = evaluate.heldout_clips(1, 120, 64, 56)[0]
+  clip = evaluate.heldout_clips(1, 120, *DEMO_FRAME_SIZE)[0]
   _write_clip_audio(workdir / "heldout.wav", clip)
   timings["generate"] = _run("generate", [
       "nwt_jax.generate", f"--dvae_workdir={workdir / 'dvae'}",
       f"--prior_workdir={workdir / 'prior'}", f"--audio={workdir / 'heldout.wav'}",
       f"--output={workdir / 'generated.mp4'}",
       f"--episode_schedule=0:{clip['episode']},2:{(clip['episode'] + 3) % 8}",
-      f"--temperature={FLAGS.temperature}"], workdir / "generate.log")
+      f"--temperature={FLAGS.temperature}", f"--audio_guidance={FLAGS.audio_guidance}"],
+      workdir / "generate.log")
 
+  _wait_for_probe(probe, workdir)
   metrics, table = evaluate_and_report(
       workdir, num_clips=FLAGS.eval_clips, num_frames=FLAGS.eval_frames,
-      temperature=FLAGS.temperature, timings=timings, prior_preset=FLAGS.prior_preset)
+      temperature=FLAGS.temperature, timings=timings, prior_preset=FLAGS.prior_preset,
+      audio_guidance=FLAGS.audio_guidance)
   timings["total"] = time.perf_counter() - start
   print("\n=== metrics (held-out synthetic clips)")
   width = max(len(r["name"]) for r in table)

@@ -456,7 +456,7 @@ def main(argv):
     metrics, _ = evaluate_reconstruction(models, clips, probe=probe)
     generation, _ = evaluate_generation(
         models, probe, clips, seed=f.seed,
-        options=sampling.SamplingOptions(f.temperature, f.top_k, f.top_p))
+        options=sampling.SamplingOptions(f.temperature, f.top_k, f.top_p, f.audio_guidance))
   except (generate.GenerateError, probe_lib.UntrustedProbeError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -479,6 +479,7 @@ def _define_flags():
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
   flags.DEFINE_integer("top_k", 0, "Top-k cut (0: none).")
   flags.DEFINE_float("top_p", 1.0, "Nucleus mass (1: none).")
+  flags.DEFINE_float("audio_guidance", 1.0, "Classifier-free audio guidance weight (1: off).")
   flags.DEFINE_string("output", "", "Also write the metrics JSON here.")
 
 

@@ -3,7 +3,7 @@
     python -m nwt_jax.generate --dvae_workdir=runs/demo/dvae --prior_workdir=runs/demo/prior \\
         --audio=speech.wav --output=out.mp4 [--episode=3 | --episode_schedule=0:3,4.5:5] \\
         [--style=random | --style=reference:clip.mp4 | --style=z:0.1,-2,...] [--traverse_dim=K] \\
-        [--temperature=1.0 --top_k=0 --top_p=1.0 --seed=0]
+        [--temperature=1.0 --top_k=0 --top_p=1.0 --audio_guidance=1.0 --seed=0]
 
 Any audio ffmpeg reads (wav, mp3, flac, m4a, the audio track of a video; any sample rate or channel
 count) is resampled to 24 kHz mono; its log-mel drives the prior. Codes are sampled in windows as long
@@ -218,10 +218,14 @@ class Generator:
   def __init__(self, models: Models, options: sampling.SamplingOptions, *, batch: int = 1,
                overlap: int | None = None):
     models.check_compatible()
+    if options.guided and not models.prior.has_null_audio:
+      raise GenerateError(f"--audio_guidance={options.audio_guidance} needs a prior trained "
+                          "with prior.audio_dropout > 0; this one was not (use 1)")
     self.models, self.batch = models, batch
     # Windows as long as the prior's training windows: positions past them were never trained.
     self.window = models.window_frames
     self.overlap = self.window // 4 if overlap is None else overlap
+    self.options = options
     self._sampler = sampling.make_sampler(models.prior, options)
     self._render = jax.jit(make_renderer(models.dvae))
     self._frame_shape = tuple(models.prior.grid) + (models.prior.code_heads,)
@@ -241,7 +245,7 @@ class Generator:
     episodes = np.broadcast_to(episodes, (batch, num_frames))  # [B, T]
     if mel.shape[1] != MEL_PER_FRAME * num_frames:
       raise ValueError(f"mel {mel.shape} does not cover {num_frames} frames")
-    cache = self.models.prior.init_cache(batch)
+    cache = sampling.init_cache(self.models.prior, batch, self.options)
     rng = jax.random.key(seed)
     # Silence (the log floor) and the last episode pad the final window to the compiled length.
     floor = math.log(audio_lib.LOG_FLOOR)
@@ -401,6 +405,9 @@ def _define_flags() -> None:
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
   flags.DEFINE_integer("top_k", 0, "Sample among the k most likely codes (0: all).")
   flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1: all).")
+  flags.DEFINE_float("audio_guidance", 1.0,
+                     "Classifier-free audio guidance weight (1: off; > 1 needs a prior trained "
+                     "with prior.audio_dropout > 0).")
   flags.DEFINE_integer("seed", 0, "Sampling seed (and of --style=random).")
 
 
@@ -413,7 +420,8 @@ def main(argv):
   try:
     if missing:
       raise GenerateError(f"{', '.join(missing)} must be given")
-    options = sampling.SamplingOptions(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p)
+    options = sampling.SamplingOptions(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p,
+                                       FLAGS.audio_guidance)
     request = Request(FLAGS.audio, FLAGS.output, FLAGS.episode, FLAGS.episode_schedule,
                       FLAGS.style, FLAGS.traverse_dim, options, FLAGS.seed)
     models = load_models(FLAGS.dvae_workdir, FLAGS.prior_workdir)

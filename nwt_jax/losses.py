@@ -71,6 +71,28 @@ def code_cross_entropy(logits: jax.Array, codes: jax.Array, *,
   return nll
 
 
+def change_weighted_cross_entropy(logits: jax.Array, codes: jax.Array, weight: float, *,
+                                  label_smoothing: float = 0.0) -> jax.Array:
+  """Mean cross-entropy of codes [B, T, ...] with the codes that differ from the previous
+  frame's weighted `weight` times, the logits still those of the data's distribution (logit
+  adjustment, Menon et al. 2021). Frame 0 has no previous frame: all its codes are new and weigh
+  `weight` too (they set the look: episode and style).
+
+  Most codes repeat the previous frame's, so the rare changes (a mouth opening) give little of
+  the plain loss's gradient. The minimiser of the weighted loss over softmax(logits') is
+  p' ~ weight^[code changed] * p; training logits' = logits - log(weight) * one_hot(previous code)
+  makes softmax(logits) = p itself, so sampling and the reported NLL need no correction.
+  """
+  if weight == 1.0:
+    return jnp.mean(code_cross_entropy(logits, codes, label_smoothing=label_smoothing))
+  prev = jnp.concatenate([jnp.full_like(codes[:, :1], -1), codes[:, :-1]], axis=1)
+  shift = jnp.log(weight) * jax.nn.one_hot(prev, logits.shape[-1], dtype=jnp.float32)
+  ce = code_cross_entropy(logits.astype(jnp.float32) - shift, codes,
+                          label_smoothing=label_smoothing)
+  w = jnp.where(codes != prev, weight, 1.0)  # prev -1 (frame 0) is never a code
+  return jnp.sum(w * ce) / jnp.sum(w)
+
+
 def gaussian_kl(mu: jax.Array, log_sigma: jax.Array) -> jax.Array:
   """KL(N(mu, sigma^2) || N(0, I)) summed over the last axis: [..., dim] -> float32 [...]."""
   mu, log_sigma = mu.astype(jnp.float32), log_sigma.astype(jnp.float32)

@@ -17,8 +17,9 @@ cache, so memory and compilation do not grow with the audio's length.
 
 `sample_prior` binds these loops to `nwt_jax.models.prior.Prior`; `make_sampler` jits it once:
 
-    sampler = make_sampler(model, SamplingOptions(temperature=0.9, top_k=50))
-    cache = model.init_cache(batch)
+    options = SamplingOptions(temperature=0.9, top_k=50, audio_guidance=2.0)
+    sampler = make_sampler(model, options)
+    cache = init_cache(model, batch, options)
     codes, cache = sampler(params, mel, episode, z, rng, cache, prompt, num_prompt_frames)
 """
 
@@ -44,6 +45,15 @@ class SamplingOptions:
   temperature: float = 1.0  # softmax temperature; 0 draws the argmax (greedy)
   top_k: int = 0  # sample among the k most likely codes only (0: no cut)
   top_p: float = 1.0  # sample among the fewest codes holding this much probability (1: no cut)
+  # Classifier-free guidance on the audio: log-probs null + w * (audio - null), where null is
+  # the prior's prediction with its learned null audio (models trained with audio_dropout > 0).
+  # w = 1 is plain sampling; w > 1 exaggerates what the audio changes (the mouth), at twice the
+  # compute (the two predictions run as one batch of 2B).
+  audio_guidance: float = 1.0
+
+  @property
+  def guided(self) -> bool:
+    return self.audio_guidance != 1.0
 
   def __post_init__(self):
     if self.temperature < 0:
@@ -52,6 +62,8 @@ class SamplingOptions:
       raise ValueError(f"top_k must be >= 0, got {self.top_k}")
     if not 0 < self.top_p <= 1:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.audio_guidance < 0:
+      raise ValueError(f"audio_guidance must be >= 0, got {self.audio_guidance}")
 
 
 def sample_logits(rng: jax.Array, logits: jax.Array, options: SamplingOptions) -> jax.Array:
@@ -162,6 +174,22 @@ def sample_frames_by_code(frame_to_context: FrameToContext, code_to_logits: Code
   return jnp.moveaxis(codes, 0, 1), final.cache  # [T, B, L] -> [B, T, L]
 
 
+def init_cache(model: prior_lib.Prior, batch: int,
+               options: SamplingOptions = SamplingOptions()) -> PyTree:
+  """The KV cache `sample_prior` needs for `batch` streams (2 * batch rows when guided)."""
+  return model.init_cache(2 * batch if options.guided else batch)
+
+
+def _guide(logits: jax.Array, weight: float) -> jax.Array:
+  """Logits [2B, ..., V] (rows B.. with the null audio) -> guided log-probs [B, ..., V]."""
+  with_audio, without = jnp.split(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), 2)
+  return without + weight * (with_audio - without)
+
+
+def _twice(x: jax.Array) -> jax.Array:
+  return jnp.concatenate([x, x], axis=0)
+
+
 def sample_prior(model: prior_lib.Prior, params: PyTree, mel: jax.Array, episode: jax.Array,
                  z: jax.Array, rng: jax.Array, cache: PyTree, prompt: jax.Array | None = None,
                  num_prompt_frames: jax.Array | int = 0, *,
@@ -171,29 +199,44 @@ def sample_prior(model: prior_lib.Prior, params: PyTree, mel: jax.Array, episode
   mel [B, 4T, bins] with T <= model.max_frames; episode [B] or [B, T] (per frame); z
   [B, style_dim]; cache from `model.init_cache(B)` (any earlier contents are overwritten before
   they are read, so a window may reuse the last window's cache); prompt int [B, T, gh, gw, K]
-  whose first num_prompt_frames frames are kept (None: no prompt).
+  whose first num_prompt_frames frames are kept (None: no prompt). With options.audio_guidance
+  != 1 the cache is `init_cache(model, B, options)`'s (2B rows: with and without the audio).
   Returns (int32 codes [B, T, gh, gw, K], cache).
   """
   variables = {"params": params}
   batch, frames = mel.shape[0], mel.shape[1] // prior_lib.MEL_FRAMES_PER_FRAME
+  if options.guided and not model.has_null_audio:
+    raise ValueError("audio_guidance needs a prior trained with audio_dropout > 0 (it learns "
+                     "the null audio guidance contrasts with); sample with audio_guidance=1")
   frame_shape = model.grid + (model.code_heads,)  # (gh, gw, K)
   if prompt is None:
     prompt = jnp.zeros((batch, frames) + frame_shape, jnp.int32)
   if prompt.shape != (batch, frames) + frame_shape:
     raise ValueError(f"prompt {prompt.shape} != {(batch, frames) + frame_shape}")
-  context = model.apply(variables, mel, episode, z, method=model.encode_context)
+  if options.guided:  # rows [0, B) see the audio, rows [B, 2B) the null audio
+    drop = jnp.arange(2 * batch) >= batch
+    context = model.apply(variables, _twice(mel), _twice(jnp.asarray(episode)), _twice(z),
+                          drop_audio=drop, method=model.encode_context)
+    double, combine = _twice, functools.partial(_guide, weight=options.audio_guidance)
+  else:
+    context = model.apply(variables, mel, episode, z, method=model.encode_context)
+    double = combine = lambda x: x
 
   if model.decoder == "far":
     def frame_to_logits(prev, t, cache):
-      return model.apply(variables, context, prev, t, cache, method=model.far_frame_step)
+      logits, cache = model.apply(variables, context, double(prev), t, cache,
+                                  method=model.far_frame_step)
+      return combine(logits), cache
     return sample_frames(frame_to_logits, cache, rng, prompt, num_prompt_frames, options)
 
   def frame_to_context(prev, t, cache):
-    prev = prev.reshape((batch,) + frame_shape)  # [B, L] -> [B, gh, gw, K]
+    prev = double(prev.reshape((batch,) + frame_shape))  # [B, L] -> [B (2B), gh, gw, K]
     return model.apply(variables, context, prev, t, cache, method=model.mar_frame_step)
 
   def code_to_logits(ctx, prev, j, cache):
-    return model.apply(variables, ctx, prev, j, cache, method=model.mar_code_step)
+    logits, cache = model.apply(variables, ctx, double(prev), j, cache,
+                                method=model.mar_code_step)
+    return combine(logits), cache
 
   flat_prompt = prompt.reshape(batch, frames, -1)  # [B, T, L], raster order, head-minor
   codes, cache = sample_frames_by_code(frame_to_context, code_to_logits, cache, rng, flat_prompt,

@@ -640,9 +640,9 @@ class Prior(nn.Module):
                code_embed_dim, style_dim, style_hidden, depth_dim, depth_layers, mel_mean,
                mel_std, dropout_rate, prev_frame_dropout=0.0, depth_window_rows=0,
                spatial_patch=1, copy_gate=False, spatial_film=False, cond_skip=False,
-               mel_bins=80):
+               audio_dropout=0.0, mel_bins=80):
     super().__init__()
-    self.prev_frame_dropout = prev_frame_dropout
+    self.prev_frame_dropout, self.audio_dropout = prev_frame_dropout, audio_dropout
     d, p, e, s = d_model, grid[0] * grid[1], code_embed_dim, spatial_patch
     self.s, self.copy_gate = s, copy_gate
     self.decoder, self.grid, self.k, self.v = decoder, tuple(grid), code_heads, num_codes
@@ -652,6 +652,7 @@ class Prior(nn.Module):
                                       mel_std=mel_std, dropout=dropout_rate, mel_bins=mel_bins,
                                       **stack)
     self.style_encoder = StyleEncoder(num_codes, code_heads, p, style_dim, e, style_hidden)
+    self.null_audio = _param(d, std=0.02) if audio_dropout > 0 else None
     self.episode_embed = Embed(num_episodes, d)
     self.audio_proj = Dense(d, d, bias=False)
     self.style_proj = Dense(style_dim, d, bias=False)
@@ -698,6 +699,9 @@ class Prior(nn.Module):
       noise = torch.randn_like(mu)
     z = mu + log_sigma.exp() * noise
     audio = self.audio_encoder(mel)  # [B, T, d]
+    if self.training and self.audio_dropout > 0:
+      drop = torch.rand(b, device=mel.device) < self.audio_dropout
+      audio = torch.where(drop[:, None, None], self.null_audio, audio)
     episode = episode[:, None].expand(b, t) if episode.ndim == 1 else episode
     cond = (self.audio_proj(audio) + self.episode_embed(episode)
             + self.style_proj(z)[:, None] + self.time_pos[:t])
@@ -772,13 +776,26 @@ def build_prior(config, manifest: dict) -> Prior:
                mel_bins=manifest.get("mel_bins", 80), **config.prior)
 
 
-def prior_loss(model, codes, mel, episode, *, beta, label_smoothing, noise=None):
-  """train_prior.train_step's loss: mean code cross-entropy + beta * KL / codes per window."""
+def prior_loss(model, codes, mel, episode, *, beta, label_smoothing, change_weight=1.0,
+               noise=None):
+  """train_prior.train_step's loss: code cross-entropy (the codes that differ from the previous
+  frame's weighted `change_weight` times, logit-adjusted as nwt_jax.losses does) + beta * KL /
+  codes per window."""
   logits, kl = model(codes, mel, episode, noise)
   v = logits.shape[-1]
-  ce = F.cross_entropy(logits.reshape(-1, v), codes.reshape(-1), label_smoothing=label_smoothing)
+  nll = F.cross_entropy(logits.reshape(-1, v), codes.reshape(-1))
+  if change_weight == 1.0:
+    ce = nll if not label_smoothing else F.cross_entropy(
+        logits.reshape(-1, v), codes.reshape(-1), label_smoothing=label_smoothing)
+  else:
+    prev = torch.cat([torch.full_like(codes[:, :1], -1), codes[:, :-1]], dim=1)
+    shift = math.log(change_weight) * F.one_hot(prev.clamp(min=0), v) * (prev >= 0)[..., None]
+    per_code = F.cross_entropy((logits - shift).reshape(-1, v), codes.reshape(-1),
+                               label_smoothing=label_smoothing, reduction="none")
+    w = torch.where(codes != prev, change_weight, 1.0).reshape(-1)  # frame 0: all new
+    ce = (w * per_code).sum() / w.sum()
   accuracy = (logits.argmax(-1) == codes).float().mean()
-  return ce + beta * kl / codes[0].numel(), {"nll": ce, "kl": kl, "accuracy": accuracy}
+  return ce + beta * kl / codes[0].numel(), {"nll": nll, "kl": kl, "accuracy": accuracy}
 
 
 class PriorTrainStep:
@@ -798,7 +815,8 @@ class PriorTrainStep:
     beta = (lc.kl_weight if lc.kl_anneal_steps <= 0
             else lc.kl_weight * min(1.0, self.step / lc.kl_anneal_steps))
     loss, metrics = self.loss(self.model, batch["codes"], batch["mel"], batch["episode"],
-                              beta=beta, label_smoothing=lc.label_smoothing)
+                              beta=beta, label_smoothing=lc.label_smoothing,
+                              change_weight=lc.change_weight)
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip_norm)

@@ -108,7 +108,7 @@ def _accuracy(logits: jax.Array, codes: jax.Array) -> jax.Array:
 def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
                model: prior_lib.Prior, tx: optax.GradientTransformation, rng: jax.Array,
                kl_weight_max: float, kl_anneal_steps: int, label_smoothing: float,
-               nan_at_step: int) -> tuple[train_lib.TrainState, dict[str, jax.Array]]:
+               nan_at_step: int, change_weight: float = 1.0) -> tuple[train_lib.TrainState, dict[str, jax.Array]]:
   """One teacher-forced update; step s's randomness is fold_in(rng, s)."""
   style_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   codes = batch["codes"]  # [B, T, gh, gw, K]
@@ -118,10 +118,11 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
   def loss_fn(params):
     logits, aux = model.apply({"params": params}, codes, batch["mel"], batch["episode"],
                               train=True, rngs={"style": style_rng, "dropout": dropout_rng})
-    ce = losses.code_cross_entropy(logits, codes, label_smoothing=label_smoothing)
-    loss = jnp.mean(ce) + beta * aux["kl"] / codes_per_window
+    ce = losses.change_weighted_cross_entropy(logits, codes, change_weight,
+                                              label_smoothing=label_smoothing)
+    loss = ce + beta * aux["kl"] / codes_per_window
     loss = train_lib.inject_nan(loss, state.step, nan_at_step)
-    nll = losses.code_cross_entropy(logits, codes) if label_smoothing else ce
+    nll = losses.code_cross_entropy(logits, codes)
     return loss, {"nll": jnp.mean(nll), "accuracy": jnp.mean(_accuracy(logits, codes)),
                   "kl": aux["kl"]}
 
@@ -233,7 +234,8 @@ class Setup:
     step = functools.partial(
         train_step, model=self.model, tx=self.tx, rng=jax.random.key(config.seed + 1),
         kl_weight_max=config.loss.kl_weight, kl_anneal_steps=config.loss.kl_anneal_steps,
-        label_smoothing=config.loss.label_smoothing, nan_at_step=config.debug.nan_at_step)
+        label_smoothing=config.loss.label_smoothing, nan_at_step=config.debug.nan_at_step,
+        change_weight=config.loss.change_weight)
     batch_sharding, replicated = sharding.batch_sharding(self.mesh), sharding.replicated(self.mesh)
     self.train_step = jax.jit(step, in_shardings=(self.shardings, batch_sharding),
                               out_shardings=(self.shardings, replicated), donate_argnums=0,

@@ -146,8 +146,11 @@ def test_prior_peer_loss_equals_jax_with_copied_weights(decoder):
   # 'mar': depth attention over the whole frame; 'mar_local': one grid row and the one before;
   # '*_patch': `tiny`'s spatial path (2x2 patches, copy gate, FiLM, cond skip).
   pc.prior.depth_window_rows = int(decoder == "mar_local")
-  if decoder.endswith("_patch"):
-    pc.prior.update(spatial_patch=2, copy_gate=True, spatial_film=True, cond_skip=True)
+  change_weight = 1.0
+  if decoder.endswith("_patch"):  # and the change-weighted loss, and the null audio's parameter
+    pc.prior.update(spatial_patch=2, copy_gate=True, spatial_film=True, cond_skip=True,
+                    audio_dropout=0.2)
+    change_weight = 4.0
   model = train_prior.make_model(pc, manifest)
   batch = bench.prior_batch(pc, manifest)
   params = nn.unbox(model.init(jax.random.key(0), batch["codes"], batch["mel"], batch["episode"],
@@ -165,7 +168,7 @@ def test_prior_peer_loss_equals_jax_with_copied_weights(decoder):
   logits, aux = model.apply({"params": params}, batch["codes"], batch["mel"], batch["episode"],
                             train=False, z=mu + jnp.exp(log_sigma) * noise)
   beta = 0.5
-  expected = (jnp.mean(losses.code_cross_entropy(logits, batch["codes"]))
+  expected = (losses.change_weighted_cross_entropy(logits, batch["codes"], change_weight)
               + beta * aux["kl"] / batch["codes"][0].size)
   peer = torch_peer.build_prior(pc, manifest).eval()  # as JAX's train=False: no frame dropout
   torch_peer.load_flax_params(peer, params)
@@ -173,9 +176,20 @@ def test_prior_peer_loss_equals_jax_with_copied_weights(decoder):
     loss, metrics = torch_peer.prior_loss(
         peer, torch.from_numpy(batch["codes"]).long(), torch.from_numpy(batch["mel"]),
         torch.from_numpy(batch["episode"]).long(), beta=beta, label_smoothing=0.0,
-        noise=torch.from_numpy(noise))
+        change_weight=change_weight, noise=torch.from_numpy(noise))
   assert float(metrics["kl"]) == pytest.approx(float(aux["kl"]), rel=1e-4) and float(aux["kl"]) > 0
   assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_guided_generation_decodes_with_and_without_the_audio():
+  pc = _small_prior_config("far")
+  assert pc.prior.audio_dropout > 0  # `tiny` learns the null audio
+  g = bench.Generation(pc, _small_dvae_config(), overlap=1, audio_guidance=3.0)
+  assert g.rows == 2
+  frames = g.run(g.compile(7)[0], bench.synthetic_mel(7))
+  assert frames.shape == (7, 16, 16, 3) and frames.dtype == np.uint8
+  plain = bench.Generation(pc, _small_dvae_config(), overlap=1)
+  assert g.flops(7) > plain.flops(7)  # the prior's work is done twice
 
 
 def test_generation_executables_do_not_depend_on_audio_length():

@@ -55,6 +55,16 @@ def test_checkpoint_from_8_devices_restores_onto_other_meshes(saved, mesh, num_d
   jax.tree.map(lambda x, s: _assert_same_sharding(x.sharding, s), state, shardings)
 
 
+def test_a_relative_workdir_restores(saved, monkeypatch):
+  workdir, config, expected = saved
+  monkeypatch.chdir(workdir.parent)
+  init_state, shardings = _state_and_shardings(config)
+  abstract = checkpoint.abstract_like(jax.eval_shape(init_state), shardings)
+  with checkpoint.Checkpointer(workdir.name, config) as ckpt:  # e.g. --dvae_workdir=runs/dvae
+    state, _ = ckpt.restore(abstract)
+  _assert_trees_equal(state, expected)
+
+
 def _assert_same_sharding(actual, wanted):
   assert actual.is_equivalent_to(wanted, 2), (actual, wanted)
 

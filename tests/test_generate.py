@@ -255,3 +255,10 @@ def test_models_that_do_not_belong_together_are_refused():
                                models.prior_params, (64, 56))
   with pytest.raises(generate.GenerateError, match=r"grid \(16, 14\) vs \(8, 7\)"):
     wrong_grid.check_compatible()
+
+
+def test_audio_guidance_needs_a_prior_with_null_audio():
+  with pytest.raises(generate.GenerateError, match="prior.audio_dropout > 0"):
+    generate.Generator(_models(), sampling.SamplingOptions(audio_guidance=2.0))
+  # With guidance off the same prior samples as before.
+  assert generate.Generator(_models(), sampling.SamplingOptions(audio_guidance=1.0)).batch == 1

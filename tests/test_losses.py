@@ -1,4 +1,4 @@
-"""The dVAE's losses against hand-computed values."""
+"""The losses against hand-computed values."""
 
 import jax
 import jax.numpy as jnp
@@ -52,3 +52,43 @@ def test_losses_are_float32_for_bfloat16_inputs():
   fake = jnp.full((4,), 0.1, jnp.bfloat16)
   assert losses.hinge_generator_loss(fake).dtype == jnp.float32
   assert losses.l1_loss(fake, jnp.zeros((4,), jnp.bfloat16)).dtype == jnp.float32
+
+
+# --- the prior's change-weighted cross-entropy -------------------------------------------------
+
+
+def _repeat_then(counts):
+  """codes [N, 2]: frame 0 is code 0; frame 1 is code v in counts[v] rows (its frequency)."""
+  second = np.repeat(np.arange(len(counts)), counts)
+  return jnp.asarray(np.stack([np.zeros_like(second), second], 1))
+
+
+@pytest.mark.parametrize("weight", [1.0, 4.0])
+def test_change_weighted_loss_is_minimised_by_the_data_distribution(weight):
+  """Logit adjustment: whatever the weight, the loss is stationary at logits = log p (the
+  frequencies of frame 1 after code 0), so softmax(logits) stays calibrated."""
+  counts = np.array([6, 3, 2, 1])  # code 0 repeats the previous frame's, 1..3 change
+  codes = _repeat_then(counts)
+
+  def loss(second_logits):  # frame 1's logits, shared by every row; frame 0's fixed
+    logits = jnp.broadcast_to(jnp.stack([jnp.zeros(4), second_logits]), codes.shape + (4,))
+    return losses.change_weighted_cross_entropy(logits, codes, weight)
+
+  calibrated = jnp.log(counts / counts.sum())
+  np.testing.assert_allclose(jax.grad(loss)(calibrated), 0.0, atol=1e-6)
+  assert np.abs(jax.grad(loss)(jnp.zeros(4))).max() > 1e-2
+  assert np.abs(jax.grad(loss)(calibrated + jnp.array([1.0, 0, 0, 0]))).max() > 1e-2
+
+
+def test_change_weight_scales_the_changed_codes():
+  codes = jnp.array([[0, 0], [0, 1]])  # row 0 repeats, row 1 changes
+  logits = jnp.zeros((2, 2, 2))
+  ce = np.log(2.0)
+  assert float(losses.change_weighted_cross_entropy(logits, codes, 1.0)) == pytest.approx(ce)
+  # weight 3: the changed code's CE is taken at logits - log 3 * one_hot(0) and weighs 3.
+  changed = -jax.nn.log_softmax(jnp.array([-np.log(3.0), 0.0]))[1]
+  unchanged = -jax.nn.log_softmax(jnp.array([-np.log(3.0), 0.0]))[0]
+  # frame 0 (no previous frame: new codes, weight 3, no shift): 2 codes at CE log 2.
+  expected = (2 * 3 * ce + unchanged + 3 * changed) / (2 * 3 + 1 + 3)
+  got = float(losses.change_weighted_cross_entropy(logits, codes, 3.0))
+  assert got == pytest.approx(float(expected), rel=1e-6)

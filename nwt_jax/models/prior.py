@@ -213,6 +213,11 @@ class Prior(nn.Module):
   # own instead of being ignored in favour of copying the last frame (word dropout, Bowman et
   # al. 2016, against posterior collapse and exposure bias).
   prev_frame_dropout: float = 0.0
+  # Training only: a window's audio features are replaced by a learned null feature with this
+  # probability (rng stream 'dropout'), so one model is both p(codes | audio) and p(codes | no
+  # audio), the pair that classifier-free guidance (Ho & Salimans 2022; `nwt_jax.sampling`'s
+  # audio_guidance) contrasts at sampling time to strengthen what the audio changes: the mouth.
+  audio_dropout: float = 0.0
   # Most codes repeat the previous frame's (86% of the mouth-region codes of the `tiny` dVAE).
   # With copy_gate, each code's logits get g * one_hot(the previous frame's code at its
   # position and head), g predicted per code (pointer-generator style, zero at start): copying
@@ -261,6 +266,9 @@ class Prior(nn.Module):
         mel_std=self.mel_std, **stack)
     self.style_encoder = StyleEncoder(self.num_codes, self.code_heads, self.style_dim,
                                       self.code_embed_dim, self.style_hidden, **kw)
+    if self.audio_dropout > 0:
+      self.null_audio = self.param("null_audio", _init(nn.initializers.normal(0.02), "embed"),
+                                   (d,), self.param_dtype)
     self.episode_embed = nn.Embed(
         self.num_episodes, d, param_dtype=self.param_dtype,
         embedding_init=_init(nn.initializers.normal(1.0), None, "embed"))
@@ -327,15 +335,25 @@ class Prior(nn.Module):
     """Codes [B, T, gh, gw, K] -> (mu, log_sigma), each float32 [B, style_dim]."""
     return self.style_encoder(codes)
 
+  @property
+  def has_null_audio(self) -> bool:
+    """Whether the model learnt a null audio (audio_dropout > 0), which guidance needs."""
+    return self.audio_dropout > 0
+
   def encode_context(self, mel: jax.Array, episode: jax.Array, z: jax.Array, *,
-                     deterministic: bool = True) -> dict[str, Any]:
+                     deterministic: bool = True, drop_audio: jax.Array | None = None
+                     ) -> dict[str, Any]:
     """Everything per window that does not depend on codes; compute once before decoding.
 
     mel [B, 4T, bins], episode [B] or [B, T], z [B, style_dim] -> {'cond': [B, T, d] (audio at
     frame t + episode(t) + style + time position), 'cross_kv': per temporal layer (k, v), each
-    [B, T, heads, head_dim]}.
+    [B, T, heads, head_dim]}. drop_audio bool [B]: those rows see the null audio instead.
     """
     audio = self.audio_encoder(mel, deterministic=deterministic)  # [B, T, d]
+    if drop_audio is not None:
+      if not self.has_null_audio:
+        raise ValueError("this prior has no null audio (trained with audio_dropout=0)")
+      audio = jnp.where(drop_audio[:, None, None], self.null_audio.astype(audio.dtype), audio)
     frames = audio.shape[1]
     episode = per_frame_episode(episode, frames)  # [B, T]
     cond = (self.audio_proj(audio.astype(self.dtype))
@@ -448,12 +466,14 @@ class Prior(nn.Module):
   # --- teacher forcing -------------------------------------------------------------------------
 
   def __call__(self, codes: jax.Array, mel: jax.Array, episode: jax.Array, *, train: bool,
-               z: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+               z: jax.Array | None = None, drop_audio: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """codes [B, T, gh, gw, K], mel [B, 4T, bins], episode [B] | [B, T] -> (logits, aux).
 
     logits are float32 [B, T, gh, gw, K, num_codes]; the logits of frame t (MAR: of code j of
     frame t) depend only on codes before it. z defaults to a posterior sample (train; rng stream
-    'style') or its mean (eval); pass z to condition on another latent.
+    'style') or its mean (eval); pass z to condition on another latent. drop_audio bool [B]: rows
+    that see the null audio (default: none, or P = audio_dropout each in training).
     """
     if codes.shape[2:] != self.grid + (self.code_heads,):
       raise ValueError(f"codes {codes.shape} do not match grid {self.grid} x {self.code_heads}")
@@ -465,7 +485,11 @@ class Prior(nn.Module):
       noise = jax.random.normal(self.make_rng("style"), mu.shape) if train else 0.0
       z = mu + jnp.exp(log_sigma) * noise
     deterministic = not train
-    context = self.encode_context(mel, episode, z, deterministic=deterministic)
+    if drop_audio is None and train and self.audio_dropout > 0:
+      drop_audio = jax.random.bernoulli(self.make_rng("dropout"), self.audio_dropout,
+                                        (codes.shape[0],))
+    context = self.encode_context(mel, episode, z, deterministic=deterministic,
+                                  drop_audio=drop_audio)
     prev, prev_codes = self._shifted_frames(codes)  # [B, T, P, e], [B, T, gh, gw, K]
     if train and self.prev_frame_dropout > 0:
       drop = jax.random.bernoulli(self.make_rng("dropout"), self.prev_frame_dropout,
