@@ -50,7 +50,7 @@ DEMO_FRAME_SIZE = (64, 56)  # (H, W) of the demo's clips: the `tiny` dVAE's fram
 CURVES = {
     "dvae": ("train/loss", "train/l1", "eval/psnr", "eval/ssim", "eval/usage_min",
              "eval/mouth_r"),
-    "prior": ("train/loss", "eval/nll", "eval/accuracy", "eval/audio_gap",
+    "prior": ("train/loss", "eval/nll", "eval/mouth_change_p", "eval/audio_gap",
               "eval/mouth_audio_gap", "eval/style_gap"),
 }
 

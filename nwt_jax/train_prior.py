@@ -169,6 +169,12 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *,
           "nll": nll.sum(), "correct": _accuracy(logits, codes).sum(),
           "nll_other_audio": nll_audio.sum(), "nll_other_z": nll_z.sum(),
           "kl": losses.gaussian_kl(mu, log_sigma).sum()}
+  # Codes that differ from the previous frame's (frame 0 has none): the rare changes that the
+  # audio must explain, and that plain NLL hides among the repeats. change_p is the mean
+  # probability the prior gives the new code there.
+  changed = jnp.concatenate([jnp.zeros_like(codes[:, :1], bool), codes[:, 1:] != codes[:, :-1]],
+                            axis=1).astype(jnp.float32)
+  sums.update(change_count=changed.sum(), change_p=(jnp.exp(-nll) * changed).sum())
   ones = jnp.ones_like(nll)
   sums.update(_paired_sums("audio_gap", nll_audio, nll, ones))
   sums.update(_paired_sums("style_gap", nll_z, nll, ones))
@@ -176,7 +182,8 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *,
     mask = jnp.broadcast_to(batch["mouth"][..., None], nll.shape).astype(jnp.float32)
     sums.update(mouth_count=mask.sum(), mouth_nll=(nll * mask).sum(),
                 mouth_nll_other_audio=(nll_audio * mask).sum(),
-                mouth_nll_other_z=(nll_z * mask).sum())
+                mouth_nll_other_z=(nll_z * mask).sum(), mouth_change_count=(changed * mask).sum(),
+                mouth_change_p=(jnp.exp(-nll) * changed * mask).sum())
     sums.update(_paired_sums("mouth_audio_gap", nll_audio, nll, mask))
   return sums
 
@@ -200,6 +207,9 @@ def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
          "nll_other_z": sums["nll_other_z"] / sums["count"]}
   out["audio_gap"] = out["nll_other_audio"] - out["nll"]
   out["style_gap"] = out["nll_other_z"] - out["nll"]
+  for prefix in ("", "mouth_"):
+    if sums.get(f"{prefix}change_count"):
+      out[f"{prefix}change_p"] = sums[f"{prefix}change_p"] / sums[f"{prefix}change_count"]
   for name in ("audio_gap", "style_gap", "mouth_audio_gap"):
     if sums.get(f"{name}_windows"):
       out[f"{name}_z"] = _z_score(sums, name)

@@ -92,6 +92,9 @@ def test_smoke_loss_falls_checkpoint_exists_and_controls_are_logged(reference):
               "style_gap", "mouth_nll", "mouth_nll_other_audio", "mouth_audio_gap"):
     assert np.isfinite(metrics[f"eval/{key}"]), key
   assert metrics["eval/nll"] < np.log(16)  # below chance after 20 steps
+  # The mean probability of the new code where a code changes (a mean, not a sum: in (0, 1)).
+  for key in ("change_p", "mouth_change_p"):
+    assert 0 < metrics[f"eval/{key}"] < 1, (key, metrics[f"eval/{key}"])
   np.testing.assert_allclose(metrics["eval/audio_gap"],
                              metrics["eval/nll_other_audio"] - metrics["eval/nll"], rtol=1e-6)
   assert writer.scalars[20]["train/nonfinite_skips"] == 0
