@@ -71,6 +71,11 @@ def code_cross_entropy(logits: jax.Array, codes: jax.Array, *,
   return nll
 
 
+def previous_frame_codes(codes: jax.Array) -> jax.Array:
+  """Codes [B, T, ...] -> the codes of the frame before each, [B, T, ...] (-1 at frame 0)."""
+  return jnp.concatenate([jnp.full_like(codes[:, :1], -1), codes[:, :-1]], axis=1)
+
+
 def change_weighted_cross_entropy(logits: jax.Array, codes: jax.Array, weight: float, *,
                                   label_smoothing: float = 0.0) -> jax.Array:
   """Mean cross-entropy of codes [B, T, ...] with the codes that differ from the previous
@@ -85,7 +90,7 @@ def change_weighted_cross_entropy(logits: jax.Array, codes: jax.Array, weight: f
   """
   if weight == 1.0:
     return jnp.mean(code_cross_entropy(logits, codes, label_smoothing=label_smoothing))
-  prev = jnp.concatenate([jnp.full_like(codes[:, :1], -1), codes[:, :-1]], axis=1)
+  prev = previous_frame_codes(codes)
   shift = jnp.log(weight) * jax.nn.one_hot(prev, logits.shape[-1], dtype=jnp.float32)
   ce = code_cross_entropy(logits.astype(jnp.float32) - shift, codes,
                           label_smoothing=label_smoothing)

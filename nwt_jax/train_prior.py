@@ -108,7 +108,8 @@ def _accuracy(logits: jax.Array, codes: jax.Array) -> jax.Array:
 def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
                model: prior_lib.Prior, tx: optax.GradientTransformation, rng: jax.Array,
                kl_weight_max: float, kl_anneal_steps: int, label_smoothing: float,
-               nan_at_step: int, change_weight: float = 1.0) -> tuple[train_lib.TrainState, dict[str, jax.Array]]:
+               nan_at_step: int, change_weight: float = 1.0
+               ) -> tuple[train_lib.TrainState, dict[str, jax.Array]]:
   """One teacher-forced update; step s's randomness is fold_in(rng, s)."""
   style_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   codes = batch["codes"]  # [B, T, gh, gw, K]
@@ -172,8 +173,8 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *,
   # Codes that differ from the previous frame's (frame 0 has none): the rare changes that the
   # audio must explain, and that plain NLL hides among the repeats. change_p is the mean
   # probability the prior gives the new code there.
-  changed = jnp.concatenate([jnp.zeros_like(codes[:, :1], bool), codes[:, 1:] != codes[:, :-1]],
-                            axis=1).astype(jnp.float32)
+  prev = losses.previous_frame_codes(codes)
+  changed = ((codes != prev) & (prev >= 0)).astype(jnp.float32)
   sums.update(change_count=changed.sum(), change_p=(jnp.exp(-nll) * changed).sum())
   ones = jnp.ones_like(nll)
   sums.update(_paired_sums("audio_gap", nll_audio, nll, ones))

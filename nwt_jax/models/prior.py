@@ -266,7 +266,7 @@ class Prior(nn.Module):
         mel_std=self.mel_std, **stack)
     self.style_encoder = StyleEncoder(self.num_codes, self.code_heads, self.style_dim,
                                       self.code_embed_dim, self.style_hidden, **kw)
-    if self.audio_dropout > 0:
+    if self.has_null_audio:
       self.null_audio = self.param("null_audio", _init(nn.initializers.normal(0.02), "embed"),
                                    (d,), self.param_dtype)
     self.episode_embed = nn.Embed(
@@ -459,9 +459,7 @@ class Prior(nn.Module):
     codes [B, T, gh, gw, K] (-1 at t=0)."""
     emb = self.frame_embed(codes)  # [B, T, P, e]
     bos = jnp.broadcast_to(self.bos_frame, (emb.shape[0], 1) + self.bos_frame.shape)
-    none = jnp.full_like(codes[:, :1], -1)
-    return (jnp.concatenate([bos, emb[:, :-1]], axis=1),
-            jnp.concatenate([none, codes[:, :-1]], axis=1))
+    return jnp.concatenate([bos, emb[:, :-1]], axis=1), losses.previous_frame_codes(codes)
 
   # --- teacher forcing -------------------------------------------------------------------------
 
