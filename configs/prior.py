@@ -91,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mel_std=4.0,  # log-mel normalisation scale
       dropout_rate=0.0,  # residual dropout (tiny: none, the data is plentiful)
       prev_frame_dropout=0.0,  # P(a frame sees the BOS frame instead of its predecessor)
+      stale_frame_rate=0.5,  # P(frame t >= 2 sees an older frame of its window as its predecessor)
       audio_dropout=0.2,  # P(a window sees the learned null audio): what audio guidance needs
       copy_gate=True,  # each code's logits + g * one_hot(the previous frame's code there)
       spatial_film=True,  # the previous frame's cells scaled by (1 + W h_t): audio x content

@@ -283,13 +283,14 @@ def mouth_recoverability(frames: np.ndarray, truth: np.ndarray, episode, *,
 
 
 def heldout_clips(num_clips: int, num_frames: int, height: int, width: int,
-                  num_episodes: int = synthetic.NUM_EPISODES) -> list[dict]:
-  """Validation-split synthetic clips (seeds no training batch uses), `num_frames` long."""
+                  num_episodes: int = synthetic.NUM_EPISODES, first: int = 0) -> list[dict]:
+  """Validation-split synthetic clips first .. first + num_clips - 1 (seeds no training batch
+  uses), `num_frames` long."""
   from nwt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   return [synthetic.make_clip(input_pipeline.synthetic_clip_seed("validation", i),
                               num_frames=num_frames, height=height, width=width,
                               num_episodes=num_episodes)
-          for i in range(num_clips)]
+          for i in range(first, first + num_clips)]
 
 
 def _readings(probe: Probe, frames: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -306,11 +307,15 @@ def _mean_style_error(readings, clips) -> float:
 
 
 def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 0,
-                        options=None, log=print) -> tuple[dict, dict]:
+                        options=None, independent_windows: bool = False,
+                        log=print) -> tuple[dict, dict]:
   """DESIGN §6's generation metrics on held-out clips: lipsync (with the shuffled-audio control
   and the best offset), style control (copied vs random style, traversal monotonicity), episode
-  control (also after a mid-video switch). Returns (metrics, samples): samples holds the
-  generated frames and their requests, for the demo's report."""
+  control (also after a mid-video switch). With `independent_windows`, also the lipsync of the
+  copied-style videos with every window drawn afresh (no prompt from the previous window; the
+  video jumps at each window's start): against `lipsync_r`, what continuing its own frames
+  gains or loses. Returns (metrics, samples): samples holds the generated frames and their
+  requests, for the demo's report."""
   from nwt_jax import generate  # pylint: disable=g-import-not-at-top
   from nwt_jax import sampling  # pylint: disable=g-import-not-at-top
   options = options or sampling.SamplingOptions()
@@ -324,9 +329,9 @@ def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 
       np.float32)
   gen = generate.Generator(models, options, batch=n)
 
-  def run(z, episodes, what):
+  def run(z, episodes, what, generator=gen):
     t0 = time.perf_counter()
-    frames = gen.frames(gen.codes(mels, episodes, z, seed), episodes)
+    frames = generator.frames(generator.codes(mels, episodes, z, seed), episodes)
     log(f"evaluate: {what}: {n} x {num_frames} frames in {time.perf_counter() - t0:.1f}s")
     return frames
 
@@ -381,6 +386,11 @@ def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 
           [abs(t["controls_spearman"]) for t in traversals])),
       "num_clips": n, "num_frames": num_frames,
   }
+  if independent_windows:
+    fresh = run(copied_z, own_episode, "copied style, independent windows",
+                generate.Generator(models, options, batch=n, overlap=0))
+    metrics["lipsync_r_independent_windows"] = lipsync(
+        [r["mouth_open"] for r in _readings(probe, fresh)], true_mouth)["r"]
   samples = {"copied": copied, "random": randomized, "switched": switched,
              "switched_episode": switched_episode, "own_episode": own_episode,
              "traversal": trav_frames[best_dim * steps:(best_dim + 1) * steps],
@@ -452,11 +462,13 @@ def main(argv):
     models = generate.load_models(f.dvae_workdir, f.prior_workdir)
     height, width = models.frame_size
     probe = load_or_train_probe(f.probe, height, width)
-    clips = heldout_clips(f.num_clips, f.num_frames, height, width, models.prior.num_episodes)
+    clips = heldout_clips(f.num_clips, f.num_frames, height, width, models.prior.num_episodes,
+                          first=f.first_clip)
     metrics, _ = evaluate_reconstruction(models, clips, probe=probe)
     generation, _ = evaluate_generation(
         models, probe, clips, seed=f.seed,
-        options=sampling.SamplingOptions(f.temperature, f.top_k, f.top_p, f.audio_guidance))
+        options=sampling.SamplingOptions(f.temperature, f.top_k, f.top_p, f.audio_guidance),
+        independent_windows=f.independent_windows)
   except (generate.GenerateError, probe_lib.UntrustedProbeError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -474,7 +486,11 @@ def _define_flags():
   flags.DEFINE_string("prior_workdir", None, "Workdir of the prior trained on its codes.")
   flags.DEFINE_string("probe", "", "Probe .npz (trained and saved there if missing; '' = train).")
   flags.DEFINE_integer("num_clips", 16, "Held-out synthetic clips.")
+  flags.DEFINE_integer("first_clip", 0, "Index of the first one in the validation split (the "
+                       "demo evaluates 0..15; tune sampling settings on others).")
   flags.DEFINE_integer("num_frames", 64, "Frames per held-out clip (longer than a window).")
+  flags.DEFINE_bool("independent_windows", False, "Also report lipsync_r_independent_windows: "
+                    "the copied-style videos with every window drawn afresh.")
   flags.DEFINE_integer("seed", 0, "Sampling seed.")
   flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
   flags.DEFINE_integer("top_k", 0, "Top-k cut (0: none).")

@@ -77,7 +77,8 @@ def previous_frame_codes(codes: jax.Array) -> jax.Array:
 
 
 def change_weighted_cross_entropy(logits: jax.Array, codes: jax.Array, weight: float, *,
-                                  label_smoothing: float = 0.0) -> jax.Array:
+                                  label_smoothing: float = 0.0, prev: jax.Array | None = None
+                                  ) -> jax.Array:
   """Mean cross-entropy of codes [B, T, ...] with the codes that differ from the previous
   frame's weighted `weight` times, the logits still those of the data's distribution (logit
   adjustment, Menon et al. 2021). Frame 0 has no previous frame: all its codes are new and weigh
@@ -87,10 +88,15 @@ def change_weighted_cross_entropy(logits: jax.Array, codes: jax.Array, weight: f
   the plain loss's gradient. The minimiser of the weighted loss over softmax(logits') is
   p' ~ weight^[code changed] * p; training logits' = logits - log(weight) * one_hot(previous code)
   makes softmax(logits) = p itself, so sampling and the reported NLL need no correction.
+
+  `prev` (default: the true previous frame's codes, -1 at frame 0) is what the model saw as the
+  previous frame: the prior's `aux['prev_codes']`, which differ where training showed it a stale
+  frame or the BOS frame. The weights and the adjustment must use what the model saw, or the
+  correction no longer holds.
   """
   if weight == 1.0:
     return jnp.mean(code_cross_entropy(logits, codes, label_smoothing=label_smoothing))
-  prev = previous_frame_codes(codes)
+  prev = previous_frame_codes(codes) if prev is None else prev
   shift = jnp.log(weight) * jax.nn.one_hot(prev, logits.shape[-1], dtype=jnp.float32)
   ce = code_cross_entropy(logits.astype(jnp.float32) - shift, codes,
                           label_smoothing=label_smoothing)

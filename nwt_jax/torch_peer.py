@@ -640,9 +640,10 @@ class Prior(nn.Module):
                code_embed_dim, style_dim, style_hidden, depth_dim, depth_layers, mel_mean,
                mel_std, dropout_rate, prev_frame_dropout=0.0, depth_window_rows=0,
                spatial_patch=1, copy_gate=False, spatial_film=False, cond_skip=False,
-               audio_dropout=0.0, mel_bins=80):
+               audio_dropout=0.0, stale_frame_rate=0.0, mel_bins=80):
     super().__init__()
     self.prev_frame_dropout, self.audio_dropout = prev_frame_dropout, audio_dropout
+    self.stale_frame_rate = stale_frame_rate
     d, p, e, s = d_model, grid[0] * grid[1], code_embed_dim, spatial_patch
     self.s, self.copy_gate = s, copy_gate
     self.decoder, self.grid, self.k, self.v = decoder, tuple(grid), code_heads, num_codes
@@ -692,7 +693,8 @@ class Prior(nn.Module):
 
   def forward(self, codes, mel, episode, noise=None):
     """codes [B, T, gh, gw, K], mel [B, 4T, bins], episode [B] -> (logits [B, T, gh, gw, K, V],
-    kl); z = mu + sigma * noise (noise ~ N(0, I) unless given)."""
+    kl, the previous frames' codes the model saw [B, T, gh, gw, K]); z = mu + sigma * noise
+    (noise ~ N(0, I) unless given)."""
     b, t = codes.shape[:2]
     mu, log_sigma = self.style_encoder(codes)
     if noise is None:
@@ -706,13 +708,16 @@ class Prior(nn.Module):
     cond = (self.audio_proj(audio) + self.episode_embed(episode)
             + self.style_proj(z)[:, None] + self.time_pos[:t])
     cross_kv = self.temporal.cross_kv(audio)
-    emb = self.frame_embed(codes)  # [B, T, P, e]
-    prev = torch.cat([self.bos_frame.expand(b, 1, -1, -1), emb[:, :-1]], dim=1)
-    prev_codes = torch.cat([torch.full_like(codes[:, :1], -1), codes[:, :-1]], dim=1)
-    if self.training and self.prev_frame_dropout > 0:
-      drop = torch.rand(b, t, device=codes.device) < self.prev_frame_dropout
-      prev = torch.where(drop[..., None, None], self.bos_frame.expand_as(prev), prev)
-      prev_codes = torch.where(drop[..., None, None, None], -1, prev_codes)
+    prev_codes = self._previous_codes(codes)
+    logits = self._decode(codes, prev_codes, cond, cross_kv)
+    kl = 0.5 * (mu ** 2 + (2 * log_sigma).exp() - 1 - 2 * log_sigma).sum(-1).mean()
+    return logits, kl, prev_codes
+
+  def _decode(self, codes, prev_codes, cond, cross_kv):
+    b, t = codes.shape[:2]
+    prev = self.frame_embed(prev_codes.clamp(min=0))  # [B, T, P, e]
+    is_bos = (prev_codes[:, :, 0, 0, 0] < 0)[..., None, None]
+    prev = torch.where(is_bos, self.bos_frame.expand_as(prev), prev)
     x = cond + self.frame_summary(prev.flatten(2))
     causal = torch.ones(t, t, dtype=torch.bool, device=codes.device).tril()
     h = self.temporal(x, causal, cross_kv)
@@ -733,8 +738,23 @@ class Prior(nn.Module):
         logits = logits + self._copy_logits(gate, prev_codes.flatten(2, 3))
     else:
       logits = self._mar_logits(c, codes, prev_codes)
-    kl = 0.5 * (mu ** 2 + (2 * log_sigma).exp() - 1 - 2 * log_sigma).sum(-1).mean()
-    return logits.reshape((b, t) + self.grid + (self.k, self.v)), kl
+    return logits.reshape((b, t) + self.grid + (self.k, self.v))
+
+  def _previous_codes(self, codes):  # as the JAX Prior._previous_codes (its own random draws)
+    b, t = codes.shape[:2]
+    padded = torch.cat([torch.full_like(codes[:, :1], -1), codes], dim=1)
+    frame = torch.arange(t, device=codes.device)
+    source = (frame - 1).expand(b, t)
+    if self.training and self.stale_frame_rate > 0:
+      stale = (torch.rand(b, t, device=codes.device) < self.stale_frame_rate) & (frame >= 2)
+      older = (torch.rand(b, t, device=codes.device) * (frame - 1)).floor().long()
+      source = torch.where(stale, older, source)
+    if self.training and self.prev_frame_dropout > 0:
+      source = torch.where(torch.rand(b, t, device=codes.device) < self.prev_frame_dropout,
+                           -1, source)
+    index = (source + 1).reshape(b, t, 1, 1, 1).expand((b, t) + codes.shape[2:])
+    prev = torch.gather(padded, 1, index)
+    return prev
 
   def _copy_logits(self, gate, prev_codes):  # [..., K] x codes [..., K] (-1: none) -> [..., K, V]
     hot = F.one_hot(prev_codes.clamp(min=0), self.v).float() * (prev_codes >= 0)[..., None]
@@ -781,14 +801,13 @@ def prior_loss(model, codes, mel, episode, *, beta, label_smoothing, change_weig
   """train_prior.train_step's loss: code cross-entropy (the codes that differ from the previous
   frame's weighted `change_weight` times, logit-adjusted as nwt_jax.losses does) + beta * KL /
   codes per window."""
-  logits, kl = model(codes, mel, episode, noise)
+  logits, kl, prev = model(codes, mel, episode, noise)  # prev: what the model saw
   v = logits.shape[-1]
   nll = F.cross_entropy(logits.reshape(-1, v), codes.reshape(-1))
   if change_weight == 1.0:
     ce = nll if not label_smoothing else F.cross_entropy(
         logits.reshape(-1, v), codes.reshape(-1), label_smoothing=label_smoothing)
   else:
-    prev = torch.cat([torch.full_like(codes[:, :1], -1), codes[:, :-1]], dim=1)
     shift = math.log(change_weight) * F.one_hot(prev.clamp(min=0), v) * (prev >= 0)[..., None]
     per_code = F.cross_entropy((logits - shift).reshape(-1, v), codes.reshape(-1),
                                label_smoothing=label_smoothing, reduction="none")

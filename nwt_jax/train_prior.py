@@ -120,7 +120,8 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
     logits, aux = model.apply({"params": params}, codes, batch["mel"], batch["episode"],
                               train=True, rngs={"style": style_rng, "dropout": dropout_rng})
     ce = losses.change_weighted_cross_entropy(logits, codes, change_weight,
-                                              label_smoothing=label_smoothing)
+                                              label_smoothing=label_smoothing,
+                                              prev=aux["prev_codes"])
     loss = ce + beta * aux["kl"] / codes_per_window
     loss = train_lib.inject_nan(loss, state.step, nan_at_step)
     nll = losses.code_cross_entropy(logits, codes)

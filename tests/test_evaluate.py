@@ -75,6 +75,15 @@ def _smooth_signal(seed: int, length: int) -> np.ndarray:
   return np.convolve(noise, np.ones(5) / 5, "valid")  # correlated over a few frames, like speech
 
 
+def test_heldout_clips_from_a_later_first_clip_are_the_later_clips():
+  clips = evaluate.heldout_clips(3, 8, 32, 28)
+  later = evaluate.heldout_clips(2, 8, 32, 28, first=1)
+  for a, b in zip(clips[1:], later):
+    np.testing.assert_array_equal(a["audio"], b["audio"])
+    np.testing.assert_array_equal(a["video"], b["video"])
+  assert not np.array_equal(clips[0]["audio"], later[0]["audio"])
+
+
 def test_lipsync_finds_a_known_video_lag():
   truth = _smooth_signal(0, 200)
   lagged = np.roll(truth, 3)  # the video shows at t what the audio said at t - 3
@@ -251,8 +260,8 @@ class _Oracle:
                    .tobytes(): c for c in clips}
     self._truth = None
 
-  def __call__(self, models, options, batch=1):
-    del models, options, batch
+  def __call__(self, models, options, batch=1, overlap=None):
+    del models, options, batch, overlap
     return self
 
   def codes(self, mel, episodes, z, seed):
@@ -281,9 +290,11 @@ def test_evaluation_job_reports_known_answers_for_an_oracle(trained_probe, monke
   monkeypatch.setattr(generate, "reference_style",
                       lambda models, frames: np.pad(style_of[frames[0].tobytes()], (0, 12)))
   models = types.SimpleNamespace(prior=types.SimpleNamespace(num_episodes=8), window_frames=32)
-  metrics, samples = evaluate.evaluate_generation(models, trained_probe, clips, log=lambda _: 0)
+  metrics, samples = evaluate.evaluate_generation(models, trained_probe, clips,
+                                                  independent_windows=True, log=lambda _: 0)
   # The probe's own ceiling on rendered speech clips is about 0.89 (mouths are mostly near closed).
   assert metrics["lipsync_r"] > 0.8 and metrics["lipsync_best_offset"] == 0, metrics
+  assert metrics["lipsync_r_independent_windows"] == pytest.approx(metrics["lipsync_r"])
   assert abs(metrics["lipsync_shuffled_r"]) < 0.3, metrics
   assert metrics["style_error_copied"] < 0.5 * metrics["style_error_random"], metrics
   assert metrics["episode_accuracy"] > 0.95 and metrics["episode_accuracy_after_switch"] > 0.9

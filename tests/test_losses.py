@@ -80,6 +80,26 @@ def test_change_weighted_loss_is_minimised_by_the_data_distribution(weight):
   assert np.abs(jax.grad(loss)(calibrated + jnp.array([1.0, 0, 0, 0]))).max() > 1e-2
 
 
+@pytest.mark.parametrize("seen", [0, 2])
+def test_change_weighted_loss_weighs_against_the_frame_the_model_saw(seen):
+  """With `prev` (a stale frame showed code `seen` before frame 1), codes are new where they
+  differ from `seen`, and the loss is still stationary at the data's frequencies."""
+  counts = np.array([6, 3, 2, 1])
+  codes = _repeat_then(counts)
+  prev = jnp.stack([jnp.full(len(codes), -1), jnp.full(len(codes), seen)], 1)
+
+  def loss(second_logits, prev):
+    logits = jnp.broadcast_to(jnp.stack([jnp.zeros(4), second_logits]), codes.shape + (4,))
+    return losses.change_weighted_cross_entropy(logits, codes, 4.0, prev=prev)
+
+  calibrated = jnp.log(counts / counts.sum())
+  np.testing.assert_allclose(jax.grad(loss)(calibrated, prev), 0.0, atol=1e-6)
+  logits = jax.random.normal(jax.random.key(0), (4,))
+  default = losses.change_weighted_cross_entropy(
+      jnp.broadcast_to(jnp.stack([jnp.zeros(4), logits]), codes.shape + (4,)), codes, 4.0)
+  assert (float(loss(logits, prev)) == pytest.approx(float(default))) == (seen == 0)
+
+
 def test_change_weight_scales_the_changed_codes():
   codes = jnp.array([[0, 0], [0, 1]])  # row 0 repeats, row 1 changes
   logits = jnp.zeros((2, 2, 2))

@@ -162,6 +162,39 @@ def test_a_saturated_copy_gate_repeats_the_previous_frame(decoder):
   assert np.mean(np.asarray(jnp.argmax(logits[:, 0], -1) == codes[:, 0])) < 0.5
 
 
+def test_stale_frames_show_an_older_frame_of_the_window():
+  """stale_frame_rate=1: frame t >= 2 sees one of frames 0..t-2 (the lag drawn per frame), in
+  the copy gate's codes (aux['prev_codes']) and in the embeddings alike; rate 0: frame t-1."""
+  model, params = _model_and_params("far_patch")
+  stale = prior.Prior(**VARIANTS["far_patch"], **SMALL, stale_frame_rate=1.0)
+  codes, mel, episode = _batch(seed=4, frames=6)
+  shown_at_5 = set()
+  for seed in range(3):
+    _, aux = stale.apply({"params": params}, codes, mel, episode, train=True,
+                         rngs={"style": _key(1), "dropout": _key(10 + seed)})
+    seen = np.asarray(aux["prev_codes"])
+    assert np.all(seen[:, 0] == -1)
+    np.testing.assert_array_equal(seen[:, 1], codes[:, 0])
+    for b in range(B):
+      for t in range(2, 6):
+        match = [s for s in range(6) if np.array_equal(seen[b, t], codes[b, s])]
+        assert match and match[0] <= t - 2, (b, t, match)
+        shown_at_5.update(match[:1] if t == 5 else [])
+  assert len(shown_at_5) > 1  # the lag is drawn, not fixed
+  _, aux = model.apply({"params": params}, codes, mel, episode, train=True,
+                       rngs={"style": _key(1), "dropout": _key(10)})
+  np.testing.assert_array_equal(aux["prev_codes"], losses.previous_frame_codes(codes))
+
+  # The embeddings are those of the codes shown (the BOS frame where they are -1).
+  source = [-1, 0, 0, 1, 3, 2]
+  shown = jnp.stack([jnp.full_like(codes[:, 0], -1) if s < 0 else codes[:, s] for s in source], 1)
+  emb = model.apply({"params": params}, shown, method=lambda m, c: m._embed_previous(c))
+  frames = model.apply({"params": params}, codes, method=lambda m, c: m.frame_embed(c))
+  for t, s in enumerate(source):
+    want = np.broadcast_to(params["bos_frame"], emb[:, t].shape) if s < 0 else frames[:, s]
+    np.testing.assert_allclose(emb[:, t], want, rtol=1e-6)
+
+
 def test_spatial_patches_group_2x2_cells_and_map_back_to_the_grid():
   """spatial_patch=2 on a 4x6 grid: patch (i, j) holds cells (2i..2i+1, 2j..2j+1) in raster order,
   and `_from_patches` is its inverse."""

@@ -20,7 +20,8 @@ mid-video). Both decoder variants share a two-level layout whose cost is linear 
 Teacher forcing (training, evaluation):
 
     logits, aux = model.apply(v, codes, mel, episode, train=True, rngs={'style': k})
-    # logits float32 [B, T, gh, gw, K, num_codes]; aux: kl (batch mean), mu, log_sigma, z
+    # logits float32 [B, T, gh, gw, K, num_codes]; aux: kl (batch mean), mu, log_sigma, z and
+    # prev_codes (what each frame saw as its previous frame; -1: the BOS frame)
 
 Incremental decoding (what `nwt_jax.sampling` drives inside `jax.lax.scan`):
 
@@ -213,6 +214,14 @@ class Prior(nn.Module):
   # own instead of being ignored in favour of copying the last frame (word dropout, Bowman et
   # al. 2016, against posterior collapse and exposure bias).
   prev_frame_dropout: float = 0.0
+  # Training only: each frame t >= 2 sees, with this probability, an older frame of its window
+  # (uniform over frames 0 .. t-2) as its previous frame (rng stream 'dropout'). Teacher forcing
+  # always shows the true last frame, so the prior learns that copying it is nearly always right
+  # and never learns to correct a wrong one; free-sampled mouths then stick open or shut. A stale
+  # frame keeps the look (episode, style, background), and its mouth is the audio of another
+  # moment, so the model must move the mouth to where this frame's audio puts it. The codes the
+  # model saw come back as aux['prev_codes'], for the change-weighted loss.
+  stale_frame_rate: float = 0.0
   # Training only: a window's audio features are replaced by a learned null feature with this
   # probability (rng stream 'dropout'), so one model is both p(codes | audio) and p(codes | no
   # audio), the pair that classifier-free guidance (Ho & Salimans 2022; `nwt_jax.sampling`'s
@@ -454,12 +463,55 @@ class Prior(nn.Module):
       logits = logits + self._copy_logits(gate, prev_codes.reshape(gate.shape))
     return logits.reshape((batch, frames) + self.grid + (k, v))
 
-  def _shifted_frames(self, codes: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Codes [B, T, gh, gw, K] -> the previous frame's embeddings [B, T, P, e] (BOS at t=0) and
-    codes [B, T, gh, gw, K] (-1 at t=0)."""
-    emb = self.frame_embed(codes)  # [B, T, P, e]
-    bos = jnp.broadcast_to(self.bos_frame, (emb.shape[0], 1) + self.bos_frame.shape)
-    return jnp.concatenate([bos, emb[:, :-1]], axis=1), losses.previous_frame_codes(codes)
+  def _previous_frame_sources(self, batch: int, frames: int, train: bool) -> jax.Array | None:
+    """Which frame each frame sees as its previous one, int32 [B, T] (-1: BOS), or None for
+    the true one (t - 1). In training: -1 with P = prev_frame_dropout, else an older frame
+    (uniform over 0 .. t-2) with P = stale_frame_rate (t >= 2)."""
+    if not train or (self.prev_frame_dropout <= 0 and self.stale_frame_rate <= 0):
+      return None
+    t = jnp.arange(frames)
+    source = jnp.broadcast_to(t - 1, (batch, frames))
+    if self.stale_frame_rate > 0:
+      pick, lag = jax.random.split(self.make_rng("dropout"))
+      stale = jax.random.bernoulli(pick, self.stale_frame_rate, (batch, frames)) & (t >= 2)
+      older = jnp.floor(jax.random.uniform(lag, (batch, frames)) * (t - 1)).astype(jnp.int32)
+      source = jnp.where(stale, older, source)
+    if self.prev_frame_dropout > 0:
+      drop = jax.random.bernoulli(self.make_rng("dropout"), self.prev_frame_dropout,
+                                  (batch, frames))
+      source = jnp.where(drop, -1, source)
+    return source
+
+  def _previous_codes(self, codes: jax.Array, train: bool) -> jax.Array:
+    """Codes [B, T, gh, gw, K] -> the codes each frame sees as its previous frame's (-1: the
+    BOS frame): frame t-1's, or in training what prev_frame_dropout and stale_frame_rate make
+    of them."""
+    source = self._previous_frame_sources(codes.shape[0], codes.shape[1], train)
+    if source is None:
+      return losses.previous_frame_codes(codes)
+    padded = jnp.concatenate([jnp.full_like(codes[:, :1], -1), codes], axis=1)
+    return jnp.take_along_axis(padded, (source + 1)[:, :, None, None, None], axis=1)
+
+  def _embed_previous(self, prev_codes: jax.Array) -> jax.Array:
+    """Previous-frame codes [B, T, gh, gw, K] (-1: BOS frame) -> embeddings [B, T, P, e]."""
+    emb = self.frame_embed(jnp.maximum(prev_codes, 0))
+    is_bos = prev_codes[:, :, 0, 0, 0] < 0  # [B, T]: BOS frames are -1 throughout
+    return jnp.where(is_bos[..., None, None], self.bos_frame.astype(emb.dtype), emb)
+
+  def _decode(self, codes: jax.Array, prev_codes: jax.Array, context: dict[str, jax.Array],
+              deterministic: bool) -> jax.Array:
+    """The temporal and spatial stacks and the head: logits [B, T, gh, gw, K, V] of `codes`
+    with `prev_codes` as each frame's previous frame (-1: BOS)."""
+    prev = self._embed_previous(prev_codes)  # [B, T, P, e]
+    x = self._temporal_inputs(context["cond"], prev)  # [B, T, d]
+    frames = jnp.arange(codes.shape[1])
+    h = self.temporal(x, mask=transformer.causal_mask(frames, frames),
+                      cross_kv=context["cross_kv"], deterministic=deterministic)
+    h = self._frame_input(h, context["cond"])
+    c = self._spatial(h, prev, deterministic)  # [B, T, P', d]
+    if self.decoder == "far":
+      return self._far_logits(c, prev_codes)
+    return self._mar_logits(c, codes, prev_codes, deterministic)
 
   # --- teacher forcing -------------------------------------------------------------------------
 
@@ -488,24 +540,11 @@ class Prior(nn.Module):
                                         (codes.shape[0],))
     context = self.encode_context(mel, episode, z, deterministic=deterministic,
                                   drop_audio=drop_audio)
-    prev, prev_codes = self._shifted_frames(codes)  # [B, T, P, e], [B, T, gh, gw, K]
-    if train and self.prev_frame_dropout > 0:
-      drop = jax.random.bernoulli(self.make_rng("dropout"), self.prev_frame_dropout,
-                                  prev.shape[:2])
-      prev = jnp.where(drop[..., None, None], self.bos_frame.astype(prev.dtype), prev)
-      prev_codes = jnp.where(drop[..., None, None, None], -1, prev_codes)
-    x = self._temporal_inputs(context["cond"], prev)  # [B, T, d]
-    frames = jnp.arange(codes.shape[1])
-    h = self.temporal(x, mask=transformer.causal_mask(frames, frames),
-                      cross_kv=context["cross_kv"], deterministic=deterministic)
-    h = self._frame_input(h, context["cond"])
-    c = self._spatial(h, prev, deterministic)  # [B, T, P', d]
-    if self.decoder == "far":
-      logits = self._far_logits(c, prev_codes)
-    else:
-      logits = self._mar_logits(c, codes, prev_codes, deterministic)
+    prev_codes = self._previous_codes(codes, train)  # [B, T, gh, gw, K]
+    logits = self._decode(codes, prev_codes, context, deterministic)
     kl = jnp.mean(losses.gaussian_kl(mu, log_sigma))
-    return logits, {"kl": kl, "mu": mu, "log_sigma": log_sigma, "z": z}
+    return logits, {"kl": kl, "mu": mu, "log_sigma": log_sigma, "z": z,
+                    "prev_codes": prev_codes}
 
   # --- incremental decoding --------------------------------------------------------------------
 
