@@ -743,6 +743,8 @@ class Prior(nn.Module):
   def _previous_codes(self, codes):  # as the JAX Prior._previous_codes (its own random draws)
     b, t = codes.shape[:2]
     padded = torch.cat([torch.full_like(codes[:, :1], -1), codes], dim=1)
+    if not self.training or (self.stale_frame_rate <= 0 and self.prev_frame_dropout <= 0):
+      return padded[:, :-1]  # frame t-1's (-1 at t = 0), as JAX's path without a draw
     frame = torch.arange(t, device=codes.device)
     source = (frame - 1).expand(b, t)
     if self.training and self.stale_frame_rate > 0:
@@ -753,8 +755,7 @@ class Prior(nn.Module):
       source = torch.where(torch.rand(b, t, device=codes.device) < self.prev_frame_dropout,
                            -1, source)
     index = (source + 1).reshape(b, t, 1, 1, 1).expand((b, t) + codes.shape[2:])
-    prev = torch.gather(padded, 1, index)
-    return prev
+    return torch.gather(padded, 1, index)
 
   def _copy_logits(self, gate, prev_codes):  # [..., K] x codes [..., K] (-1: none) -> [..., K, V]
     hot = F.one_hot(prev_codes.clamp(min=0), self.v).float() * (prev_codes >= 0)[..., None]

@@ -562,10 +562,10 @@ class Prior(nn.Module):
           self.depth_dim // self.num_heads, self.dtype)
     return cache
 
-  def _frame_step(self, context, prev_codes, t, cache):
-    """Temporal step for frame t (from frame t-1's codes) -> ([B, 1, P', d], cache)."""
-    emb = self.frame_embed(prev_codes[:, None])  # [B, 1, P, e]
-    prev = jnp.where(t == 0, self.bos_frame.astype(emb.dtype), emb)
+  def _frame_step(self, context, shown, t, cache):
+    """Temporal step for frame t, from the codes it sees as its previous frame [B, 1, gh, gw, K]
+    (-1 at t = 0: the BOS frame) -> ([B, 1, P', d], cache)."""
+    prev = self._embed_previous(shown)  # [B, 1, P, e]
     cond = jax.lax.dynamic_slice_in_dim(context["cond"], t, 1, axis=1)  # [B, 1, d]
     x = self._temporal_inputs(cond, prev)  # [B, 1, d]
     h, temporal_cache = self.temporal.decode(x, cache["temporal"], t, context["cross_kv"])
@@ -578,9 +578,9 @@ class Prior(nn.Module):
     """FAR: frame t-1's codes [B, gh, gw, K] -> (logits of frame t [B, gh, gw, K, V], cache)."""
     if self.decoder != "far":
       raise ValueError("far_frame_step needs decoder='far'")
-    c, cache = self._frame_step(context, prev_codes, t, cache)
-    prev_codes = jnp.where(t == 0, -1, prev_codes)[:, None]  # [B, 1, gh, gw, K]
-    return self._far_logits(c, prev_codes)[:, 0], cache
+    shown = jnp.where(t == 0, -1, prev_codes)[:, None]  # [B, 1, gh, gw, K]
+    c, cache = self._frame_step(context, shown, t, cache)
+    return self._far_logits(c, shown)[:, 0], cache
 
   def mar_frame_step(self, context: dict[str, Any], prev_codes: jax.Array, t: jax.Array,
                      cache: dict[str, transformer.Cache]
@@ -592,8 +592,9 @@ class Prior(nn.Module):
     """
     if self.decoder != "mar":
       raise ValueError("mar_frame_step needs decoder='mar'")
-    c, cache = self._frame_step(context, prev_codes, t, cache)
-    prev_frame = jnp.where(t == 0, -1, prev_codes).reshape(prev_codes.shape[0], -1)
+    shown = jnp.where(t == 0, -1, prev_codes)[:, None]  # [B, 1, gh, gw, K]
+    c, cache = self._frame_step(context, shown, t, cache)
+    prev_frame = shown.reshape(prev_codes.shape[0], -1)
     return {"inputs": self._depth_context(c)[:, 0], "prev_frame": prev_frame}, cache
 
   def mar_code_step(self, frame_ctx: dict[str, jax.Array], prev_code: jax.Array, j: jax.Array,
