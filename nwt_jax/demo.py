@@ -43,6 +43,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("eval_frames", 64, "Frames per held-out clip (two prior windows).")
   flags.DEFINE_float("temperature", 0.7, "Sampling temperature of the demo's videos.")
   flags.DEFINE_float("audio_guidance", 3.0, "Classifier-free audio guidance weight (1: off).")
+  flags.DEFINE_float("change_threshold", 0.2, "A code keeps the previous frame's unless "
+                     "P(change) is above this (0: plain sampling; README, Generation).")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO_FRAME_SIZE = (64, 56)  # (H, W) of the demo's clips: the `tiny` dVAE's frames
@@ -200,15 +202,14 @@ def _bars(metrics: dict) -> list[dict]:
   return rows
 
 
-def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: int,
-                        temperature: float, timings: dict, prior_preset: str = "tiny,far",
-                        audio_guidance: float = 1.0):
-  """The evaluate and report stages (in this process): returns the metrics."""
+def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: int, options,
+                        timings: dict, prior_preset: str = "tiny,far"):
+  """The evaluate and report stages (in this process; options: `sampling.SamplingOptions`):
+  returns the metrics."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from nwt_jax import evaluate  # pylint: disable=g-import-not-at-top
   from nwt_jax import generate  # pylint: disable=g-import-not-at-top
   from nwt_jax import report  # pylint: disable=g-import-not-at-top
-  from nwt_jax import sampling  # pylint: disable=g-import-not-at-top
   from nwt_jax import video_io  # pylint: disable=g-import-not-at-top
 
   print("\n=== evaluate", flush=True)
@@ -219,9 +220,7 @@ def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: in
   clips = evaluate.heldout_clips(num_clips, num_frames, height, width,
                                  models.prior.num_episodes)
   metrics, recon = evaluate.evaluate_reconstruction(models, clips, probe=probe)
-  generation, samples = evaluate.evaluate_generation(
-      models, probe, clips, options=sampling.SamplingOptions(
-          temperature=temperature, audio_guidance=audio_guidance))
+  generation, samples = evaluate.evaluate_generation(models, probe, clips, options=options)
   metrics.update(generation)
   timings["evaluate"] = time.perf_counter() - start
 
@@ -313,14 +312,18 @@ def main(argv):
       f"--prior_workdir={workdir / 'prior'}", f"--audio={workdir / 'heldout.wav'}",
       f"--output={workdir / 'generated.mp4'}",
       f"--episode_schedule=0:{clip['episode']},2:{(clip['episode'] + 3) % 8}",
-      f"--temperature={FLAGS.temperature}", f"--audio_guidance={FLAGS.audio_guidance}"],
+      f"--temperature={FLAGS.temperature}", f"--audio_guidance={FLAGS.audio_guidance}",
+      f"--change_threshold={FLAGS.change_threshold}"],
       workdir / "generate.log")
 
   _wait_for_probe(probe, workdir)
+  from nwt_jax import sampling  # pylint: disable=g-import-not-at-top
   metrics, table = evaluate_and_report(
       workdir, num_clips=FLAGS.eval_clips, num_frames=FLAGS.eval_frames,
-      temperature=FLAGS.temperature, timings=timings, prior_preset=FLAGS.prior_preset,
-      audio_guidance=FLAGS.audio_guidance)
+      options=sampling.SamplingOptions(temperature=FLAGS.temperature,
+                                       audio_guidance=FLAGS.audio_guidance,
+                                       change_threshold=FLAGS.change_threshold),
+      timings=timings, prior_preset=FLAGS.prior_preset)
   timings["total"] = time.perf_counter() - start
   print("\n=== metrics (held-out synthetic clips)")
   width = max(len(r["name"]) for r in table)

@@ -307,7 +307,7 @@ def _mean_style_error(readings, clips) -> float:
 
 
 def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 0,
-                        options=None, independent_windows: bool = False,
+                        options=None, opening: str = "bank", independent_windows: bool = False,
                         log=print) -> tuple[dict, dict]:
   """DESIGN §6's generation metrics on held-out clips: lipsync (with the shuffled-audio control
   and the best offset), style control (copied vs random style, traversal monotonicity), episode
@@ -315,7 +315,7 @@ def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 
   copied-style videos with every window drawn afresh (no prompt from the previous window; the
   video jumps at each window's start): against `lipsync_r`, what continuing its own frames
   gains or loses. Returns (metrics, samples): samples holds the generated frames and their
-  requests, for the demo's report."""
+  requests, for the demo's report. `opening`: the generator's (`nwt_jax.generate.Generator`)."""
   from nwt_jax import generate  # pylint: disable=g-import-not-at-top
   from nwt_jax import sampling  # pylint: disable=g-import-not-at-top
   options = options or sampling.SamplingOptions()
@@ -327,7 +327,7 @@ def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 
   copied_z = np.stack([generate.reference_style(models, c["video"]) for c in clips])
   random_z = np.random.default_rng([seed, 0x2A]).standard_normal(copied_z.shape).astype(
       np.float32)
-  gen = generate.Generator(models, options, batch=n)
+  gen = generate.Generator(models, options, batch=n, opening=opening)
 
   def run(z, episodes, what, generator=gen):
     t0 = time.perf_counter()
@@ -357,7 +357,7 @@ def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 
   base = copied_z.mean(axis=0)
   zs = np.concatenate([generate.traversal_latents(base, d) for d in range(base.shape[0])])
   steps = len(generate.TRAVERSE_STEPS)
-  trav_gen = generate.Generator(models, options, batch=len(zs))
+  trav_gen = generate.Generator(models, options, batch=len(zs), opening=opening)
   trav_mel, trav_episode = mels[0, :generate.MEL_PER_FRAME * window], own_episode[0, :window]
   trav_frames = trav_gen.frames(trav_gen.codes(trav_mel, trav_episode, zs, seed), trav_episode)
   trav_r = _readings(probe, trav_frames)
@@ -388,7 +388,7 @@ def evaluate_generation(models, probe: Probe, clips: list[dict], *, seed: int = 
   }
   if independent_windows:
     fresh = run(copied_z, own_episode, "copied style, independent windows",
-                generate.Generator(models, options, batch=n, overlap=0))
+                generate.Generator(models, options, batch=n, overlap=0, opening=opening))
     metrics["lipsync_r_independent_windows"] = lipsync(
         [r["mouth_open"] for r in _readings(probe, fresh)], true_mouth)["r"]
   samples = {"copied": copied, "random": randomized, "switched": switched,
@@ -467,8 +467,9 @@ def main(argv):
     metrics, _ = evaluate_reconstruction(models, clips, probe=probe)
     generation, _ = evaluate_generation(
         models, probe, clips, seed=f.seed,
-        options=sampling.SamplingOptions(f.temperature, f.top_k, f.top_p, f.audio_guidance),
-        independent_windows=f.independent_windows)
+        options=sampling.SamplingOptions(f.temperature, f.top_k, f.top_p, f.audio_guidance,
+                                         f.change_threshold),
+        opening=f.opening, independent_windows=f.independent_windows)
   except (generate.GenerateError, probe_lib.UntrustedProbeError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -496,6 +497,10 @@ def _define_flags():
   flags.DEFINE_integer("top_k", 0, "Top-k cut (0: none).")
   flags.DEFINE_float("top_p", 1.0, "Nucleus mass (1: none).")
   flags.DEFINE_float("audio_guidance", 1.0, "Classifier-free audio guidance weight (1: off).")
+  flags.DEFINE_float("change_threshold", 0.0, "FAR: a code keeps the previous frame's unless "
+                     "P(change) is above this (0: plain sampling).")
+  flags.DEFINE_enum("opening", "bank", ["bank", "sample"], "A FAR prior's first frame: from "
+                    "the prior's frame bank (if it has one) or drawn.")
   flags.DEFINE_string("output", "", "Also write the metrics JSON here.")
 
 

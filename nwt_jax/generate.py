@@ -3,18 +3,22 @@
     python -m nwt_jax.generate --dvae_workdir=runs/demo/dvae --prior_workdir=runs/demo/prior \\
         --audio=speech.wav --output=out.mp4 [--episode=3 | --episode_schedule=0:3,4.5:5] \\
         [--style=random | --style=reference:clip.mp4 | --style=z:0.1,-2,...] [--traverse_dim=K] \\
-        [--temperature=1.0 --top_k=0 --top_p=1.0 --audio_guidance=1.0 --seed=0]
+        [--temperature=1.0 --top_k=0 --top_p=1.0 --audio_guidance=1.0 --change_threshold=0 \\
+         --opening=bank --seed=0]
 
 Any audio ffmpeg reads (wav, mp3, flac, m4a, the audio track of a video; any sample rate or channel
 count) is resampled to 24 kHz mono; its log-mel drives the prior. Codes are sampled in windows as long
 as the prior's training windows (its config's `data.frames_per_example`) inside `jax.lax.scan` (`nwt_jax.sampling`): each window after the
 first repeats the previous window's last `overlap` frames as a prompt, so memory and compilation do
-not grow with the audio's length. The dVAE decoder renders the codes, and the mp4 (H.264, the input
+not grow with the audio's length. A window that starts afresh (the first, and the first after an
+episode switch) opens, for a FAR prior, on the training frame of the prior's frame bank that the
+prior finds most likely there (`nwt_jax.frame_bank`). The dVAE decoder renders the codes, and the mp4 (H.264, the input
 audio muxed as AAC) appears only when complete. Bad input is one `error: ...` line, exit code 1 and
 no output file.
 """
 
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -30,6 +34,7 @@ import numpy as np
 
 from nwt_jax import audio as audio_lib
 from nwt_jax import errors
+from nwt_jax import frame_bank
 from nwt_jax import sampling
 from nwt_jax import synthetic
 from nwt_jax.models import dvae as dvae_lib
@@ -41,6 +46,7 @@ SAMPLES_PER_FRAME = synthetic.SAMPLES_PER_FRAME
 MEL_PER_FRAME = prior_lib.MEL_FRAMES_PER_FRAME
 TRAVERSE_STEPS = (-2.0, -1.0, 0.0, 1.0, 2.0)  # multiples of the prior's sigma (1) along one dim
 DECODE_CHUNK = 32  # frames per dVAE decoder call (one compilation for any length)
+OPENINGS = ("bank", "sample")  # Generator(opening=...): a fresh window's first frame
 
 
 class GenerateError(errors.UserError, ValueError):
@@ -56,6 +62,9 @@ class Models:
   prior_params: Any
   frame_size: tuple[int, int]  # (H, W) of the dVAE's frames
   window: int = 0  # frames per sampling window: the prior's training window (0: max_frames)
+  # Training frames' codes [N, gh, gw, K] a FAR prior's first frame is retrieved from
+  # (`nwt_jax.frame_bank`); None: the prior's workdir has none.
+  frame_bank: np.ndarray | None = None
 
   @property
   def window_frames(self) -> int:
@@ -216,8 +225,14 @@ class Generator:
   """Samples codes for any length of audio with one compiled sampler and renders them."""
 
   def __init__(self, models: Models, options: sampling.SamplingOptions, *, batch: int = 1,
-               overlap: int | None = None):
+               overlap: int | None = None, opening: str = "bank"):
+    """opening: how a window that starts afresh (the first, and the first after an episode
+    switch) gets its first frame: 'bank' (a FAR prior with a frame bank: of the bank frames the
+    prior finds most likely there, the one nearest the style, `sampling.pick_opening`; otherwise
+    drawn) or 'sample' (drawn)."""
     models.check_compatible()
+    if opening not in OPENINGS:
+      raise GenerateError(f"--opening must be one of {', '.join(OPENINGS)}, got {opening!r}")
     if options.guided and not models.prior.has_null_audio:
       raise GenerateError(f"--audio_guidance={options.audio_guidance} needs a prior trained "
                           "with prior.audio_dropout > 0; this one was not (use 1)")
@@ -227,6 +242,13 @@ class Generator:
     self.overlap = self.window // 4 if overlap is None else overlap
     self.options = options
     self._sampler = sampling.make_sampler(models.prior, options)
+    self._bank = None
+    if opening == "bank" and models.frame_bank is not None and models.prior.decoder == "far":
+      self._bank = jnp.asarray(models.frame_bank)
+      self._bank_styles = jax.jit(functools.partial(sampling.opening_styles, models.prior))(
+          models.prior_params, self._bank)
+      self._pick_opening = jax.jit(functools.partial(
+          sampling.pick_opening, models.prior, options=options))
     self._render = jax.jit(make_renderer(models.dvae))
     self._frame_shape = tuple(models.prior.grid) + (models.prior.code_heads,)
 
@@ -263,10 +285,17 @@ class Generator:
       window_episodes = np.empty((batch, w), np.int32)
       window_episodes[:, :stop - start] = episodes[:, start:stop]
       window_episodes[:, stop - start:] = episodes[:, stop - 1:stop]
+      kept = prompt  # frames of `given` the sampler keeps
+      if prompt == 0 and self._bank is not None:  # a fresh window opens on a bank frame
+        picked = self._pick_opening(self.models.prior_params, self._bank, self._bank_styles,
+                                    jnp.asarray(window_mel), jnp.asarray(window_episodes),
+                                    jnp.asarray(z))
+        given[:, 0] = np.asarray(self._bank)[np.asarray(picked)]
+        kept = 1
       codes, cache = self._sampler(
           self.models.prior_params, jnp.asarray(window_mel), jnp.asarray(window_episodes),
           jnp.asarray(z), jax.random.fold_in(rng, index), cache, jnp.asarray(given),
-          jnp.int32(prompt))
+          jnp.int32(kept))
       codes = np.asarray(codes)[:, :stop - start]  # [B, frames of this window, ...]
       given[:] = 0
       if self.overlap:  # the next window starts `overlap` frames before this one's end
@@ -332,6 +361,7 @@ class Request:
   traverse_dim: int = -1  # >= 0: a grid video of z[dim] moved by -2..2 prior sigmas
   options: sampling.SamplingOptions = sampling.SamplingOptions()
   seed: int = 0
+  opening: str = "bank"  # a fresh window's first frame: 'bank' | 'sample' (Generator)
 
 
 def generate(models: Models, request: Request, *, progress: bool = False) -> dict[str, Any]:
@@ -353,7 +383,7 @@ def generate(models: Models, request: Request, *, progress: bool = False) -> dic
   z = style_latent(models, request.style, request.seed)[None]  # [1, style_dim]
   if request.traverse_dim >= 0:
     z = traversal_latents(z[0], request.traverse_dim)  # [5, style_dim]
-  generator = Generator(models, request.options, batch=z.shape[0])
+  generator = Generator(models, request.options, batch=z.shape[0], opening=request.opening)
   chunks = generator.stream(mel, episodes, z, request.seed, progress=progress)
   # Each window's frames go to the encoder as they are rendered: memory stays flat with length.
   frames = (tile(generator.frames(codes, episodes[first:first + codes.shape[1]]))
@@ -376,7 +406,8 @@ def load_models(dvae_workdir: str, prior_workdir: str) -> Models:
                                                prior_workdir)
   models = Models(dvae, dvae_params, prior, prior_params,
                   (dvae_config.data.height, dvae_config.data.width),
-                  window=prior_config.data.frames_per_example or prior.max_frames)
+                  window=prior_config.data.frames_per_example or prior.max_frames,
+                  frame_bank=frame_bank.load(prior_workdir))
   models.check_compatible()
   return models
 
@@ -408,6 +439,12 @@ def _define_flags() -> None:
   flags.DEFINE_float("audio_guidance", 1.0,
                      "Classifier-free audio guidance weight (1: off; > 1 needs a prior trained "
                      "with prior.audio_dropout > 0).")
+  flags.DEFINE_float("change_threshold", 0.0,
+                     "FAR: a code keeps the previous frame's unless P(change) is above this "
+                     "(0: plain sampling; the demo uses 0.3).")
+  flags.DEFINE_enum("opening", "bank", list(OPENINGS),
+                    "A FAR prior's first frame: the training frame it finds most likely there "
+                    "(bank; drawn if the prior's workdir has no frame bank) or drawn (sample).")
   flags.DEFINE_integer("seed", 0, "Sampling seed (and of --style=random).")
 
 
@@ -421,9 +458,9 @@ def main(argv):
     if missing:
       raise GenerateError(f"{', '.join(missing)} must be given")
     options = sampling.SamplingOptions(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p,
-                                       FLAGS.audio_guidance)
+                                       FLAGS.audio_guidance, FLAGS.change_threshold)
     request = Request(FLAGS.audio, FLAGS.output, FLAGS.episode, FLAGS.episode_schedule,
-                      FLAGS.style, FLAGS.traverse_dim, options, FLAGS.seed)
+                      FLAGS.style, FLAGS.traverse_dim, options, FLAGS.seed, FLAGS.opening)
     models = load_models(FLAGS.dvae_workdir, FLAGS.prior_workdir)
     result = generate(models, request, progress=True)
   except (errors.UserError, ValueError) as e:

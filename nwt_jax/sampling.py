@@ -34,6 +34,8 @@ import jax.numpy as jnp
 from nwt_jax.models import prior as prior_lib
 
 PyTree = Any
+# pick_opening: the bank frames, most likely first, among which the nearest style is taken.
+OPENING_CANDIDATES = 16
 FrameToLogits = Callable[[jax.Array, jax.Array, PyTree], tuple[jax.Array, PyTree]]
 FrameToContext = Callable[[jax.Array, jax.Array, PyTree], tuple[PyTree, PyTree]]
 CodeToLogits = Callable[[PyTree, jax.Array, jax.Array, PyTree], tuple[jax.Array, PyTree]]
@@ -50,6 +52,13 @@ class SamplingOptions:
   # w = 1 is plain sampling; w > 1 exaggerates what the audio changes (the mouth), at twice the
   # compute (the two predictions run as one batch of 2B).
   audio_guidance: float = 1.0
+  # FAR: a code keeps the previous frame's code unless the (guided) probability that it changes
+  # is above this; where it changes, the new code is drawn from the other codes (temperature,
+  # top-k, top-p). A frame's codes are drawn independently, so each of its ~900 codes changing
+  # with its small probability puts stray pieces (an eye on a cheek) into every frame, which
+  # the copy gate then keeps; a mouth that should move has a large change probability and still
+  # moves. 0: plain sampling. Measured on `tiny` in README (Generation).
+  change_threshold: float = 0.0
 
   @property
   def guided(self) -> bool:
@@ -64,6 +73,8 @@ class SamplingOptions:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
     if self.audio_guidance < 0:
       raise ValueError(f"audio_guidance must be >= 0, got {self.audio_guidance}")
+    if not 0 <= self.change_threshold < 1:
+      raise ValueError(f"change_threshold must be in [0, 1), got {self.change_threshold}")
 
 
 def sample_logits(rng: jax.Array, logits: jax.Array, options: SamplingOptions) -> jax.Array:
@@ -92,6 +103,18 @@ def sample_logits(rng: jax.Array, logits: jax.Array, options: SamplingOptions) -
   return jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
 
 
+def sample_changes(rng: jax.Array, logits: jax.Array, prev: jax.Array,
+                   options: SamplingOptions) -> jax.Array:
+  """`options.change_threshold`'s draw: codes [...] from logits [..., V] and the previous frame's
+  codes prev [...]: prev where P(prev) >= 1 - change_threshold (P at temperature 1), else a draw
+  from the other codes."""
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  keep = jnp.take_along_axis(log_p, prev[..., None], axis=-1)[..., 0] >= jnp.log1p(
+      -options.change_threshold)
+  others = jnp.where(jax.nn.one_hot(prev, logits.shape[-1], dtype=bool), -jnp.inf, log_p)
+  return jnp.where(keep, prev, sample_logits(rng, others, options))
+
+
 @flax.struct.dataclass
 class FrameLoopState:
   """What one frame step hands the next."""
@@ -118,7 +141,8 @@ def sample_frames(frame_to_logits: FrameToLogits, cache: PyTree, rng: jax.Array,
 
   prompt: int [B, T, *F], the window's frame count T and frame shape F (frames >= the prompt's
   length are ignored: pass zeros where nothing is known). Returns (int32 codes [B, T, *F], cache).
-  Frame t's draw uses `fold_in(rng, t)`.
+  Frame t's draw uses `fold_in(rng, t)`; with options.change_threshold, frames t >= 1 keep the
+  previous frame's codes except where they are likely to change (`sample_changes`).
   """
   _check_prompt(prompt)
   prompt = prompt.astype(jnp.int32)
@@ -127,7 +151,10 @@ def sample_frames(frame_to_logits: FrameToLogits, cache: PyTree, rng: jax.Array,
   def step(state: FrameLoopState, xs):
     t, given = xs  # given: [B, *F]
     logits, cache = frame_to_logits(state.prev, t, state.cache)  # [B, *F, V]
-    drawn = sample_logits(jax.random.fold_in(rng, t), logits, options)  # [B, *F]
+    key = jax.random.fold_in(rng, t)
+    drawn = sample_logits(key, logits, options)  # [B, *F]
+    if options.change_threshold:
+      drawn = jnp.where(t > 0, sample_changes(key, logits, state.prev, options), drawn)
     codes = jnp.where(t < num_prompt_frames, given, drawn)
     return FrameLoopState(prev=codes, cache=cache), codes
 
@@ -205,6 +232,9 @@ def sample_prior(model: prior_lib.Prior, params: PyTree, mel: jax.Array, episode
   """
   variables = {"params": params}
   batch, frames = mel.shape[0], mel.shape[1] // prior_lib.MEL_FRAMES_PER_FRAME
+  if options.change_threshold and model.decoder != "far":
+    raise ValueError("change_threshold is for FAR priors (a MAR prior draws a frame's codes one "
+                     "by one, each seeing the codes before it); use 0")
   if options.guided and not model.has_null_audio:
     raise ValueError("audio_guidance needs a prior trained with audio_dropout > 0 (it learns "
                      "the null audio guidance contrasts with); sample with audio_guidance=1")
@@ -242,6 +272,52 @@ def sample_prior(model: prior_lib.Prior, params: PyTree, mel: jax.Array, episode
   codes, cache = sample_frames_by_code(frame_to_context, code_to_logits, cache, rng, flat_prompt,
                                        num_prompt_frames, options)
   return codes.reshape((batch, frames) + frame_shape), cache  # [B, T, L] -> [B, T, gh, gw, K]
+
+
+def opening_scores(model: prior_lib.Prior, params: PyTree, bank: jax.Array, mel: jax.Array,
+                   episode: jax.Array, z: jax.Array, *,
+                   options: SamplingOptions = SamplingOptions()) -> jax.Array:
+  """Log-likelihood float32 [B, N] of each bank frame (int [N, gh, gw, K]) as frame 0 of the
+  window (mel [B, 4T, bins], episode [B] or [B, T], z [B, style_dim]) under the prior, guided as
+  the sampler guides (`nwt_jax.frame_bank`). FAR only: frame 0's codes are independent given the
+  BOS frame, so a frame's likelihood is a sum over its codes."""
+  if model.decoder != "far":
+    raise ValueError("opening_scores needs a FAR prior")
+  batch, frames = mel.shape[0], mel.shape[1] // prior_lib.MEL_FRAMES_PER_FRAME
+  codes = jnp.zeros((batch, frames) + bank.shape[1:], jnp.int32)  # frame 0 sees only BOS
+  variables = {"params": params}
+  if options.guided:
+    drop = jnp.arange(2 * batch) >= batch
+    logits = model.apply(variables, _twice(codes), _twice(mel), _twice(jnp.asarray(episode)),
+                         train=False, z=_twice(z), drop_audio=drop)[0][:, 0]
+    log_p = _guide(logits, options.audio_guidance)  # [B, gh, gw, K, V]
+  else:
+    logits = model.apply(variables, codes, mel, episode, train=False, z=z)[0][:, 0]
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  flat_bank = bank.reshape(bank.shape[0], -1, 1).astype(jnp.int32)  # [N, L, 1]
+  # One row at a time: [N, L] gathers, not a [B, N, L] array.
+  return jax.lax.map(lambda row: jnp.take_along_axis(
+      row.reshape(1, -1, row.shape[-1]), flat_bank, axis=2)[..., 0].sum(-1), log_p)
+
+
+def opening_styles(model: prior_lib.Prior, params: PyTree, bank: jax.Array) -> jax.Array:
+  """The style posterior mean float32 [N, style_dim] of each bank frame (a one-frame clip)."""
+  return model.apply({"params": params}, bank[:, None], method=model.encode_style)[0]
+
+
+def pick_opening(model: prior_lib.Prior, params: PyTree, bank: jax.Array,
+                 bank_styles: jax.Array, mel: jax.Array, episode: jax.Array, z: jax.Array, *,
+                 options: SamplingOptions = SamplingOptions(),
+                 candidates: int = OPENING_CANDIDATES) -> jax.Array:
+  """Each stream's opening frame, an index int32 [B] into the bank: of the `candidates` frames
+  most likely as frame 0 (`opening_scores`), the one whose style posterior mean (`bank_styles`,
+  from `opening_styles`) is nearest z. The likelihood alone weighs the mouth and the episode's
+  look as much as the camera and zoom, and a bank holds only its clips' few camera settings:
+  measured on `tiny` (README, Generation), it raised the copied-style error by a sixth."""
+  scores = opening_scores(model, params, bank, mel, episode, z, options=options)  # [B, N]
+  top = jax.lax.top_k(scores, min(candidates, bank.shape[0]))[1]  # [B, M]
+  distance = jnp.sum((bank_styles[top] - z[:, None]) ** 2, axis=-1)  # [B, M]
+  return jnp.take_along_axis(top, jnp.argmin(distance, axis=1)[:, None], axis=1)[:, 0]
 
 
 def make_sampler(model: prior_lib.Prior, options: SamplingOptions = SamplingOptions()):

@@ -35,6 +35,7 @@ import optax
 
 from nwt_jax import checkpoint
 from nwt_jax import errors
+from nwt_jax import frame_bank
 from nwt_jax import losses
 from nwt_jax import sharding
 from nwt_jax import token_pipeline
@@ -308,6 +309,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None, writ
   if jax.process_index() == 0:  # the workdir then holds all that generation needs
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     token_pipeline.write_json_atomic(str(epath.Path(workdir) / WORKDIR_MANIFEST), manifest)
+    # What a FAR prior's first frames are retrieved from (a MAR prior draws them code by code).
+    if config.prior.decoder == "far" and frame_bank.load(workdir) is None:
+      frame_bank.save(workdir, frame_bank.build(token_pipeline.TokenSource(root, "train")))
   built = setup(config, manifest, devices, compiler_options)
   logging.info("Prior (%s) on tokens %s: grid %s x %d heads, %d codes, %d episodes; %.2fM "
                "parameters.", config.prior.decoder, root, manifest["grid"],

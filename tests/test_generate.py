@@ -5,6 +5,7 @@ written, refused); quality (lipsync, style, episode accuracy) is measured on tra
 demo and `nwt_jax.evaluate`.
 """
 
+import dataclasses
 import functools
 import pathlib
 import wave
@@ -165,6 +166,37 @@ def test_a_batch_of_streams_equals_each_stream_alone():
   alone = generate.Generator(models, GREEDY)
   for i in range(2):
     np.testing.assert_array_equal(both[i], alone.codes(mels[i], episodes[i], z[i:i + 1], 0)[0])
+
+
+def test_fresh_windows_open_on_the_picked_bank_frame():
+  models = _models()
+  bank = np.asarray(jax.random.randint(_key(5), (6, 8, 7, 2), 0, 16), np.int32)
+  banked = dataclasses.replace(models, frame_bank=bank)
+  mel = generate.audio_features(_speech(0.8, 3))[0][:4 * 20]
+  episodes = np.array([0] * 12 + [3] * 8, np.int32)  # a switch at frame 12: a fresh window
+  z = np.array([[0.5, -1, 0, 1]], np.float32)
+  gen = generate.Generator(banked, GREEDY, overlap=2)
+  codes = gen.codes(mel, episodes, z, seed=0)
+  styles = sampling.opening_styles(models.prior, models.prior_params, jnp.asarray(bank))
+  for start, stop in ((0, 8), (12, 20)):  # the two windows that start afresh
+    picked = sampling.pick_opening(models.prior, models.prior_params, jnp.asarray(bank), styles,
+                                   jnp.asarray(mel[None, 4 * start:4 * stop]),
+                                   jnp.asarray(episodes[None, start:stop]), jnp.asarray(z))
+    np.testing.assert_array_equal(codes[0, start], bank[int(picked[0])])
+  # The frames after an opening continue from it: the window re-decoded with it as a prompt.
+  again, _ = gen._sampler(models.prior_params, jnp.asarray(mel[None, :4 * WINDOW]),
+                          jnp.zeros((1, WINDOW), jnp.int32), jnp.asarray(z),
+                          jax.random.fold_in(jax.random.key(0), 0), models.prior.init_cache(1),
+                          jnp.asarray(codes[:, :WINDOW]), jnp.int32(1))
+  np.testing.assert_array_equal(np.asarray(again), codes[:, :WINDOW])
+  # Drawn openings (opening='sample', or a workdir without a bank) are the greedy frame 0.
+  drawn = generate.Generator(banked, GREEDY, overlap=2, opening="sample").codes(
+      mel, episodes, z, seed=0)
+  np.testing.assert_array_equal(drawn, generate.Generator(models, GREEDY, overlap=2).codes(
+      mel, episodes, z, seed=0))
+  assert not any(np.array_equal(drawn[0, 0], frame) for frame in bank)
+  with pytest.raises(generate.GenerateError, match="opening"):
+    generate.Generator(banked, GREEDY, opening="first")
 
 
 def test_frames_decode_in_chunks_with_per_frame_episodes():

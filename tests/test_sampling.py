@@ -71,7 +71,8 @@ def test_seeds_reproduce_and_differ():
 
 
 def test_invalid_options_are_rejected():
-  for bad in (dict(temperature=-1.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5)):
+  for bad in (dict(temperature=-1.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5),
+              dict(change_threshold=-0.1), dict(change_threshold=1.0)):
     with pytest.raises(ValueError):
       Options(**bad)
 
@@ -127,6 +128,44 @@ def test_mar_loop_with_a_counting_stub():
   np.testing.assert_array_equal(codes[:, 0], prompt[:, 0])
   np.testing.assert_array_equal(codes[0, 1:].reshape(-1), (np.arange(8) + 2) % V)
   np.testing.assert_array_equal(cache, [frames, (frames - 1) * length])  # prompt frame: no codes
+
+
+def test_change_threshold_keeps_the_codes_unlikely_to_change():
+  """Stub: each code keeps the previous frame's with P = 0.8 (column 0) or 0.6 (column 1), else
+  becomes it + 1. With threshold 0.3 only column 1's P(change) = 0.4 is above it: column 0 never
+  changes, column 1 always does; plain sampling changes both at their rates."""
+  batch, frames = 4000, 3
+  keep = jnp.log(jnp.array([0.8, 0.6]))  # per column
+
+  def frame_to_logits(prev, t, cache):
+    same = jax.nn.one_hot(prev, V) > 0
+    up = jax.nn.one_hot((prev + 1) % V, V) > 0
+    logits = jnp.where(same, keep[:, None], jnp.where(up, jnp.log1p(-jnp.exp(keep))[:, None],
+                                                      -1e9))
+    return jnp.where(t == 0, 0.0, logits), cache  # frame 0: uniform
+
+  prompt = jnp.zeros((batch, frames, 2), jnp.int32)
+
+  def changes(options):
+    codes, _ = sampling.sample_frames(frame_to_logits, (), _key(0), prompt, 0, options)
+    codes = np.asarray(codes)
+    assert len(np.unique(codes[:, 0])) == V  # frame 0 is drawn as before, from all V codes
+    assert np.all((codes[:, 1:] == codes[:, :-1]) | (codes[:, 1:] == (codes[:, :-1] + 1) % V))
+    return np.mean(codes[:, 1:] != codes[:, :-1], axis=(0, 1))  # [2]: per column
+
+  np.testing.assert_array_equal(changes(Options(change_threshold=0.3)), [0.0, 1.0])
+  np.testing.assert_allclose(changes(Options()), [0.2, 0.4], atol=0.02)
+  # Above both: nothing changes; below both: both always do.
+  np.testing.assert_array_equal(changes(Options(change_threshold=0.5)), [0.0, 0.0])
+  np.testing.assert_array_equal(changes(Options(change_threshold=0.1)), [1.0, 1.0])
+
+
+def test_change_threshold_is_for_far_priors():
+  model, params = _prior("mar")
+  with pytest.raises(ValueError, match="FAR"):
+    sampling.sample_prior(model, params, jnp.zeros((1, 24, 80)), jnp.zeros((1,), jnp.int32),
+                          jnp.zeros((1, SMALL["style_dim"])), _key(0), model.init_cache(1),
+                          options=Options(change_threshold=0.3))
 
 
 def test_far_loop_seeds_reproduce_and_differ():
@@ -230,6 +269,56 @@ def test_greedy_guided_samples_are_the_guided_teacher_forced_argmax(decoder):
   plain, _ = sampling.make_sampler(model, Options(temperature=0.0))(
       params, mel, episode, z, _key(0), model.init_cache(batch))
   assert not np.array_equal(plain, codes)
+
+
+@pytest.mark.parametrize("weight", [1.0, 2.5])
+def test_opening_scores_are_the_frame_zero_log_likelihoods(weight):
+  """A bank frame's score: the sum of its codes' (guided) log-probs as frame 0 of the window."""
+  model, params = _prior("far", audio_dropout=0.5)
+  params = {**params, "null_audio": jax.random.normal(_key(9), params["null_audio"].shape)}
+  batch, frames = 2, 6
+  mel = jax.random.normal(_key(6), (batch, 4 * frames, 80)) * 4 - 8
+  episode, z = jnp.array([1, 2], jnp.int32), jax.random.normal(_key(7), (batch, SMALL["style_dim"]))
+  bank = jax.random.randint(_key(8), (5, 3, 2, 2), 0, SMALL["num_codes"])
+  options = Options(audio_guidance=weight)
+  scores = jax.jit(functools.partial(sampling.opening_scores, model, options=options))(
+      params, bank, mel, episode, z)
+
+  def log_probs(drop):  # frame 0 of a teacher-forced window (it sees only the BOS frame)
+    logits, _ = model.apply({"params": params}, jnp.zeros((batch, frames, 3, 2, 2), jnp.int32),
+                            mel, episode, train=False, z=z, drop_audio=jnp.full((batch,), drop))
+    return np.asarray(jax.nn.log_softmax(logits[:, 0]))
+  log_p = log_probs(True) + weight * (log_probs(False) - log_probs(True))  # [B, 3, 2, 2, V]
+  bank = np.asarray(bank)
+  want = np.array([[sum(log_p[b, i, j, k, bank[n, i, j, k]] for i in range(3) for j in range(2)
+                        for k in range(2)) for n in range(5)] for b in range(batch)])
+  assert scores.shape == (batch, 5)
+  np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-4)
+
+
+def test_the_opening_is_the_likely_frame_nearest_the_style():
+  model, params = _prior("far")
+  batch, frames = 2, 6
+  mel = jax.random.normal(_key(6), (batch, 4 * frames, 80)) * 4 - 8
+  episode, z = jnp.array([0, 3], jnp.int32), jax.random.normal(_key(7), (batch, SMALL["style_dim"]))
+  bank = jax.random.randint(_key(8), (9, 3, 2, 2), 0, SMALL["num_codes"])
+  styles = jax.random.normal(_key(9), (9, SMALL["style_dim"]))  # any per-frame styles
+  scores = np.asarray(sampling.opening_scores(model, params, bank, mel, episode, z))
+  for m in (1, 4, 9):
+    picked = np.asarray(sampling.pick_opening(model, params, bank, styles, mel, episode, z,
+                                              candidates=m))
+    for b in range(batch):
+      top = np.argsort(-scores[b])[:m]
+      want = top[np.argmin(np.sum((np.asarray(styles)[top] - np.asarray(z)[b]) ** 2, -1))]
+      assert picked[b] == want, (m, b)
+  # One candidate: the most likely frame.
+  assert np.all(np.asarray(sampling.pick_opening(model, params, bank, styles, mel, episode, z,
+                                                 candidates=1)) == scores.argmax(1))
+  # A frame's style is the style encoder's posterior mean of it as a one-frame clip.
+  np.testing.assert_allclose(
+      sampling.opening_styles(model, params, bank)[4],
+      model.apply({"params": params}, bank[4][None, None], method=model.encode_style)[0][0],
+      rtol=1e-5, atol=1e-6)
 
 
 def test_null_audio_ignores_the_mel():

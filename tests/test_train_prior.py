@@ -9,6 +9,8 @@ import pytest
 
 from configs import prior as prior_config
 from nwt_jax import checkpoint
+from nwt_jax import frame_bank
+from nwt_jax import token_pipeline
 from nwt_jax import train
 from nwt_jax import train_prior
 import token_fixtures
@@ -78,7 +80,7 @@ def reference(tokens, tmp_path_factory):
   return state, writer, workdir
 
 
-def test_smoke_loss_falls_checkpoint_exists_and_controls_are_logged(reference):
+def test_smoke_loss_falls_checkpoint_exists_and_controls_are_logged(reference, tokens):
   state, writer, workdir = reference
   assert int(state.step) == 20
   first = np.mean([writer.scalars[s]["train/loss"] for s in (1, 2)])
@@ -104,6 +106,10 @@ def test_smoke_loss_falls_checkpoint_exists_and_controls_are_logged(reference):
   assert (model.grid, model.code_heads, model.num_codes) == ((4, 2), 2, 16)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(a, b)
+  # The frame bank a FAR prior's first frames come from: every training frame (96 < the cap).
+  train_clips = token_pipeline.TokenSource(tokens, "train")
+  np.testing.assert_array_equal(frame_bank.load(str(workdir)), np.concatenate(
+      [train_clips.clip(i)["codes"] for i in range(len(train_clips))]))
 
 
 def test_ten_steps_save_restore_ten_steps_equals_twenty_bitwise(tokens, reference, tmp_path):
