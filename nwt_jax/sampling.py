@@ -15,6 +15,9 @@ the cache sees them): a long audio is decoded as fixed-size windows whose first 
 end of the previous window, each window reusing the same compiled function and the same (donated)
 cache, so memory and compilation do not grow with the audio's length.
 
+`opening_scores` / `pick_opening` choose a FAR window's first frame from a bank of training frames
+(`nwt_jax.frame_bank`) instead of drawing it from the BOS frame.
+
 `sample_prior` binds these loops to `nwt_jax.models.prior.Prior`; `make_sampler` jits it once:
 
     options = SamplingOptions(temperature=0.9, top_k=50, audio_guidance=2.0)

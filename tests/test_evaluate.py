@@ -260,8 +260,8 @@ class _Oracle:
                    .tobytes(): c for c in clips}
     self._truth = None
 
-  def __call__(self, models, options, batch=1, overlap=None):
-    del models, options, batch, overlap
+  def __call__(self, models, options, batch=1, overlap=None, opening="bank"):
+    del models, options, batch, overlap, opening
     return self
 
   def codes(self, mel, episodes, z, seed):
