@@ -290,7 +290,7 @@ class Generator:
         picked = self._pick_opening(self.models.prior_params, self._bank, self._bank_styles,
                                     jnp.asarray(window_mel), jnp.asarray(window_episodes),
                                     jnp.asarray(z))
-        given[:, 0] = np.asarray(self._bank)[np.asarray(picked)]
+        given[:, 0] = self.models.frame_bank[np.asarray(picked)]  # the host copy
         kept = 1
       codes, cache = self._sampler(
           self.models.prior_params, jnp.asarray(window_mel), jnp.asarray(window_episodes),
