@@ -26,7 +26,6 @@ PRESETS = {
     "base": {},
     "tiny": dict(
         dtype="float32",  # CPU: XLA's CPU bf16 matmul is slower than fp32 (DESIGN §5)
-        rng_impl="rbg",  # one CPU device: the faster-compiling PRNG
         data=dict(height=64, width=56,  # frames
                   batch_size=16,  # clips per step, one frame of each (frames_per_example)
                   num_train_clips=512),  # 16k train frames, rendered on first use
@@ -77,8 +76,10 @@ def _base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = "dvae"  # nwt_jax.train dispatches to nwt_jax.train_dvae
   c.seed = 0  # parameter init, Gumbel noise (fold_in(seed, step)) and data order
-  # PRNG: threefry is sharding-invariant and splits its work over devices; 'rbg' (XLA's
-  # RngBitGenerator, also identical across shardings but generated whole) compiles 4x faster.
+  # PRNG: threefry is sharding-invariant and splits its work over devices. 'rbg' (XLA's
+  # RngBitGenerator, also identical across shardings but generated whole) compiles the
+  # initialiser ~3x faster, but XLA:CPU draws its bits ~4x slower: the `tiny` step's Gumbel
+  # noise took 28 ms of ~500 (one core) with it (nwt_jax.bench; README, Performance).
   c.rng_impl = "threefry2x32"
   c.dtype = "bfloat16"  # compute dtype on GPU/TPU; params and norm statistics stay float32
   c.mesh = dict(data=-1,  # data parallel: the rest of the devices

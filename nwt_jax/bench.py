@@ -50,6 +50,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from nwt_jax import compile_options
 from nwt_jax import sampling
 from nwt_jax import sharding
 from nwt_jax import train_dvae
@@ -427,7 +428,8 @@ class Generation:
         self.prior_params, sds((1, 4 * w, 80), jnp.float32), sds((1,), jnp.int32),
         sds((1, self.style_dim), jnp.float32), jax.random.key(0), cache,
         sds((1, w) + self.frame_shape, jnp.int32), sds((), jnp.int32)).compile()}
-    render = jax.jit(self._render)
+    render = jax.jit(self._render,
+                     compiler_options=compile_options.for_cpu(compile_options.DVAE))
     for n in sorted({n for _, n in self.windows(num_frames)}):
       compiled[n] = render.lower(self.dvae_params, sds((1, n) + self.frame_shape, jnp.int32),
                                  sds((1, n), jnp.int32)).compile()
@@ -487,7 +489,8 @@ class Generation:
                    + p.codes_per_frame * flops_of(jax.jit(code).lower(
                        frame_ctx, sds((r,), jnp.int32), t, cache).compile()))
       total += len(windows) * w * per_frame
-    render = jax.jit(self._render)
+    render = jax.jit(self._render,
+                     compiler_options=compile_options.for_cpu(compile_options.DVAE))
     for _, n in windows:
       total += flops_of(render.lower(self.dvae_params, sds((1, n) + self.frame_shape, jnp.int32),
                                      sds((1, n), jnp.int32)).compile())

@@ -14,6 +14,7 @@ Readings are what `nwt_jax.probe.probe_predict` returns: a dict of per-frame flo
 """
 
 from collections.abc import Mapping, Sequence
+import functools
 import time
 
 import numpy as np
@@ -404,7 +405,9 @@ def evaluate_reconstruction(models, clips: list[dict], *, probe: Probe | None = 
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   dvae, params = models.dvae, models.dvae_params
 
-  @jax.jit
+  from nwt_jax import compile_options  # pylint: disable=g-import-not-at-top
+
+  @functools.partial(jax.jit, compiler_options=compile_options.for_cpu(compile_options.DVAE))
   def roundtrip(frames, episode):
     indices = dvae.apply({"params": params}, frames, method=dvae.encode)
     return indices, dvae.apply({"params": params}, indices, episode, method=dvae.decode)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nwt_jax import audio as audio_lib
+from nwt_jax import compile_options
 from nwt_jax import errors
 from nwt_jax import frame_bank
 from nwt_jax import sampling
@@ -249,7 +250,8 @@ class Generator:
           models.prior_params, self._bank)
       self._pick_opening = jax.jit(functools.partial(
           sampling.pick_opening, models.prior, options=options))
-    self._render = jax.jit(make_renderer(models.dvae))
+    self._render = jax.jit(make_renderer(models.dvae),
+                           compiler_options=compile_options.for_cpu(compile_options.DVAE))
     self._frame_shape = tuple(models.prior.grid) + (models.prior.code_heads,)
 
   def stream(self, mel: np.ndarray, episodes: np.ndarray, z: np.ndarray, seed: int, *,

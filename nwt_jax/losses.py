@@ -55,6 +55,16 @@ def feature_matching_loss(real_features: PyTree, fake_features: PyTree) -> jax.A
 # Prior losses (stage 2): cross-entropy per code and the style latent's KL.
 
 
+def _pick(x: jax.Array, index: jax.Array) -> jax.Array:
+  """x [..., V] at index [...] -> [...] (0 where index is outside [0, V)).
+
+  A masked sum, not a gather: its gradient is the same mask, where a gather's is a scatter-add
+  (XLA:CPU runs scatters element by element).
+  """
+  hit = jnp.arange(x.shape[-1]) == index[..., None].astype(jnp.int32)
+  return jnp.sum(jnp.where(hit, x, 0.0), axis=-1)
+
+
 def code_cross_entropy(logits: jax.Array, codes: jax.Array, *,
                        label_smoothing: float = 0.0) -> jax.Array:
   """Cross-entropy of each code under logits [..., num_codes] -> float32 [...] (codes' shape).
@@ -62,18 +72,49 @@ def code_cross_entropy(logits: jax.Array, codes: jax.Array, *,
   With label smoothing e the target is (1 - e) * one_hot(code) + e / num_codes, computed from the
   log-softmax directly (no one-hot of the vocabulary is materialised).
   """
-  if logits.shape[:-1] != codes.shape:
-    raise ValueError(f"logits {logits.shape} do not match codes {codes.shape} + (num_codes,)")
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(log_probs, codes[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  if label_smoothing:
-    nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs, axis=-1)
-  return nll
+  return code_losses(logits, codes, label_smoothing=label_smoothing)[0]
 
 
 def previous_frame_codes(codes: jax.Array) -> jax.Array:
   """Codes [B, T, ...] -> the codes of the frame before each, [B, T, ...] (-1 at frame 0)."""
   return jnp.concatenate([jnp.full_like(codes[:, :1], -1), codes[:, :-1]], axis=1)
+
+
+def code_losses(logits: jax.Array, codes: jax.Array, weight: float = 1.0, *,
+                label_smoothing: float = 0.0, prev: jax.Array | None = None
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-code losses of codes [...] under logits [..., V], all from one logsumexp:
+
+  (cross-entropy under the logits adjusted by `change_weighted_cross_entropy`'s shift
+  -log(weight) at the previous code `prev` (-1: none), with label smoothing; the plain NLL;
+  the change weights, weight where the code differs from `prev`, else 1), each float32 [...].
+
+  The shift touches one logit per code, so the adjusted logsumexp is the plain one plus
+  log(1 - p_prev (1 - 1/weight)), p_prev = softmax(logits)[prev]: one pass over the logits
+  serves both losses, where two log-softmaxes (and their backward passes) would take three.
+  """
+  if logits.shape[:-1] != codes.shape:
+    raise ValueError(f"logits {logits.shape} do not match codes {codes.shape} + (num_codes,)")
+  logits = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  target = _pick(logits, codes)
+  nll = lse - target
+  if weight == 1.0:
+    shifted_lse, shift_at_target, shift_mean = lse, 0.0, 0.0
+    weights = jnp.ones_like(nll)
+  else:
+    prev = previous_frame_codes(codes) if prev is None else prev
+    shift = jnp.log(weight)
+    p_prev = jnp.where(prev >= 0, jnp.exp(_pick(logits, prev) - lse), 0.0)
+    shifted_lse = lse + jnp.log1p(-p_prev * (1.0 - 1.0 / weight))
+    shift_at_target = shift * (codes == prev)
+    shift_mean = shift * (prev >= 0) / logits.shape[-1]
+    weights = jnp.where(codes != prev, weight, 1.0)  # prev -1 (frame 0) is never a code
+  ce = shifted_lse - target + shift_at_target
+  if label_smoothing:
+    mean_log_prob = jnp.mean(logits, axis=-1) - shift_mean - shifted_lse
+    ce = (1.0 - label_smoothing) * ce - label_smoothing * mean_log_prob
+  return ce, nll, weights
 
 
 def change_weighted_cross_entropy(logits: jax.Array, codes: jax.Array, weight: float, *,
@@ -92,15 +133,9 @@ def change_weighted_cross_entropy(logits: jax.Array, codes: jax.Array, weight: f
   `prev` (default: the true previous frame's codes, -1 at frame 0) is what the model saw as the
   previous frame: the prior's `aux['prev_codes']`, which differ where training showed it a stale
   frame or the BOS frame. The weights and the adjustment must use what the model saw, or the
-  correction no longer holds.
+  correction no longer holds. (`code_losses` computes it, and the plain NLL, in one pass.)
   """
-  if weight == 1.0:
-    return jnp.mean(code_cross_entropy(logits, codes, label_smoothing=label_smoothing))
-  prev = previous_frame_codes(codes) if prev is None else prev
-  shift = jnp.log(weight) * jax.nn.one_hot(prev, logits.shape[-1], dtype=jnp.float32)
-  ce = code_cross_entropy(logits.astype(jnp.float32) - shift, codes,
-                          label_smoothing=label_smoothing)
-  w = jnp.where(codes != prev, weight, 1.0)  # prev -1 (frame 0) is never a code
+  ce, _, w = code_losses(logits, codes, weight, label_smoothing=label_smoothing, prev=prev)
   return jnp.sum(w * ce) / jnp.sum(w)
 
 

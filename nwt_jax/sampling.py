@@ -34,6 +34,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from nwt_jax import compile_options
 from nwt_jax.models import prior as prior_lib
 
 PyTree = Any
@@ -330,4 +331,5 @@ def make_sampler(model: prior_lib.Prior, options: SamplingOptions = SamplingOpti
   same shapes reuse one compilation (num_prompt_frames is traced).
   """
   return jax.jit(functools.partial(sample_prior, model, options=options),
-                 donate_argnames=("cache",))
+                 donate_argnames=("cache",),
+                 compiler_options=compile_options.for_cpu(compile_options.PRIOR))

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nwt_jax import audio as audio_lib
+from nwt_jax import compile_options
 from nwt_jax import errors
 from nwt_jax import input_pipeline
 from nwt_jax import synthetic
@@ -82,7 +83,8 @@ def mouth_cells(truth: np.ndarray, episode, frame_size: tuple[int, int],
 
 def make_encoder(model: nn.Module, params, frames_per_call: int):
   """frames uint8 [N, H, W, 3] -> int32 codes [N, gh, gw, K], in jitted calls of a fixed size."""
-  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=type(model).encode))
+  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=type(model).encode),
+                   compiler_options=compile_options.for_cpu(compile_options.DVAE))
 
   def run(frames: np.ndarray) -> np.ndarray:
     out = []

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from nwt_jax import checkpoint
+from nwt_jax import compile_options
 from nwt_jax import input_pipeline
 from nwt_jax import losses
 from nwt_jax import sharding
@@ -284,11 +285,13 @@ def _setup(config_json: str, devices: tuple[jax.Device, ...]) -> Setup:
       loss_config=ml_collections.FrozenConfigDict(config.loss), seed=config.seed,
       rng_impl=config.rng_impl, nan_at_step=config.debug.nan_at_step)
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  options = compile_options.for_cpu(compile_options.DVAE)
   jitted_train = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0)
+                         out_shardings=(state_shardings, replicated), donate_argnums=0,
+                         compiler_options=options)
   jitted_eval = jax.jit(functools.partial(eval_step, model=model),
                         in_shardings=(state_shardings.params, batch_sharding),
-                        out_shardings=replicated)
+                        out_shardings=replicated, compiler_options=options)
   return Setup(config, mesh, model, disc, init_state, state_shardings,
                _in_mesh(jitted_train, mesh), _in_mesh(jitted_eval, mesh))
 

@@ -34,6 +34,7 @@ import ml_collections
 import optax
 
 from nwt_jax import checkpoint
+from nwt_jax import compile_options
 from nwt_jax import errors
 from nwt_jax import frame_bank
 from nwt_jax import losses
@@ -120,12 +121,11 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
   def loss_fn(params):
     logits, aux = model.apply({"params": params}, codes, batch["mel"], batch["episode"],
                               train=True, rngs={"style": style_rng, "dropout": dropout_rng})
-    ce = losses.change_weighted_cross_entropy(logits, codes, change_weight,
-                                              label_smoothing=label_smoothing,
-                                              prev=aux["prev_codes"])
-    loss = ce + beta * aux["kl"] / codes_per_window
+    # The change-weighted loss (losses.change_weighted_cross_entropy) and the plain NLL metric.
+    ce, nll, w = losses.code_losses(logits, codes, change_weight,
+                                    label_smoothing=label_smoothing, prev=aux["prev_codes"])
+    loss = jnp.sum(w * ce) / jnp.sum(w) + beta * aux["kl"] / codes_per_window
     loss = train_lib.inject_nan(loss, state.step, nan_at_step)
-    nll = losses.code_cross_entropy(logits, codes)
     return loss, {"nll": jnp.mean(nll), "accuracy": jnp.mean(_accuracy(logits, codes)),
                   "kl": aux["kl"]}
 
@@ -227,8 +227,8 @@ def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
 class Setup:
   """What train_and_evaluate builds: mesh, model, sharded init, jitted train and eval steps.
 
-  `compiler_options` (XLA options for the steps' jits, e.g. a lower optimisation level) is for
-  tests.
+  `compiler_options` (XLA options for the steps' jits, e.g. a lower optimisation level; on top
+  of `compile_options.PRIOR`) is for tests.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, manifest: dict, devices=None,
@@ -250,6 +250,8 @@ class Setup:
         label_smoothing=config.loss.label_smoothing, nan_at_step=config.debug.nan_at_step,
         change_weight=config.loss.change_weight)
     batch_sharding, replicated = sharding.batch_sharding(self.mesh), sharding.replicated(self.mesh)
+    compiler_options = {**(compile_options.for_cpu(compile_options.PRIOR) or {}),
+                        **(compiler_options or {})} or None
     self.train_step = jax.jit(step, in_shardings=(self.shardings, batch_sharding),
                               out_shardings=(self.shardings, replicated), donate_argnums=0,
                               compiler_options=compiler_options)

@@ -60,10 +60,10 @@ def _init(init, *names: str | None):
 
 def _dense(features: int, names: tuple[str | None, str | None], *, name: str,
            dtype: Dtype, param_dtype: Dtype, use_bias: bool = False,
-           kernel_init=nn.initializers.lecun_normal()) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                  kernel_init=_init(kernel_init, *names),
-                  bias_init=_init(nn.initializers.zeros_init(), "norm"))
+           kernel_init=nn.initializers.lecun_normal()) -> transformer.Dense:
+  return transformer.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                           name=name, kernel_init=_init(kernel_init, *names),
+                           bias_init=_init(nn.initializers.zeros_init(), "norm"))
 
 
 def per_frame_episode(episode: jax.Array, num_frames: int) -> jax.Array:
@@ -421,7 +421,7 @@ class Prior(nn.Module):
   def _far_logits(self, c: jax.Array, prev_codes: jax.Array) -> jax.Array:
     """[B, T, P', d], previous codes [B, T, gh, gw, K] (-1: none) -> logits [B, T, gh, gw, K, V]."""
     x = self.head_norm(c).astype(self.dtype)
-    logits = jnp.einsum("btpd,dkv->btpkv", x, self.head.astype(self.dtype))  # [.., P', S*S*K, V]
+    logits = transformer.flat_dot(x, self.head.astype(self.dtype))  # [.., P', S*S*K, V]
     logits = self._from_patches(logits.reshape(logits.shape[:3] + (self.spatial_patch**2, -1)))
     logits = logits.reshape(c.shape[:2] + self.grid + (self.code_heads, self.num_codes)
                             ).astype(jnp.float32)
