@@ -51,6 +51,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from nwt_jax import compile_options
+from nwt_jax import host_malloc
 from nwt_jax import sampling
 from nwt_jax import sharding
 from nwt_jax import train_dvae
@@ -566,6 +567,7 @@ def main(argv):
   del argv
   if FLAGS.config is None:
     raise app.UsageError("--config is required")
+  host_malloc.tune_for_cpu()  # before the first computation; the torch peer shares it
   peak = device_peak_flops()
   if FLAGS.what == "generate":
     record = bench_generate(FLAGS.config, FLAGS.dvae_config, audio_seconds=FLAGS.audio_seconds,

@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from nwt_jax import host_malloc
 from nwt_jax import synthetic
 
 FLAGS = flags.FLAGS
@@ -278,6 +279,7 @@ def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: in
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  host_malloc.tune_for_cpu()
   workdir = pathlib.Path(FLAGS.workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   timings, start = {}, time.perf_counter()

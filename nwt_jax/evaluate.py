@@ -457,9 +457,11 @@ def main(argv):
   import sys  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from nwt_jax import generate  # pylint: disable=g-import-not-at-top
+  from nwt_jax import host_malloc  # pylint: disable=g-import-not-at-top
   from nwt_jax import probe as probe_lib  # pylint: disable=g-import-not-at-top
   from nwt_jax import sampling  # pylint: disable=g-import-not-at-top
   del argv
+  host_malloc.tune_for_cpu()
   f = flags.FLAGS
   try:
     models = generate.load_models(f.dvae_workdir, f.prior_workdir)

@@ -36,6 +36,7 @@ from nwt_jax import audio as audio_lib
 from nwt_jax import compile_options
 from nwt_jax import errors
 from nwt_jax import frame_bank
+from nwt_jax import host_malloc
 from nwt_jax import sampling
 from nwt_jax import synthetic
 from nwt_jax.models import dvae as dvae_lib
@@ -453,6 +454,7 @@ def _define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  host_malloc.tune_for_cpu()
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   missing = [f"--{n}" for n in ("dvae_workdir", "prior_workdir", "audio", "output")
              if not FLAGS[n].value]

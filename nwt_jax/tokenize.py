@@ -33,6 +33,7 @@ import numpy as np
 from nwt_jax import audio as audio_lib
 from nwt_jax import compile_options
 from nwt_jax import errors
+from nwt_jax import host_malloc
 from nwt_jax import input_pipeline
 from nwt_jax import synthetic
 from nwt_jax import token_pipeline
@@ -230,6 +231,7 @@ def _encode_clips(clips, encode, manifest, frame_size, grid) -> dict[str, np.nda
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  host_malloc.tune_for_cpu()
   try:
     _tokenize_from_flags()
   except errors.UserError as e:  # bad input: one line, exit code 1, no traceback

@@ -24,6 +24,7 @@ from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_impl
 
 from nwt_jax import errors
+from nwt_jax import host_malloc
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
@@ -155,6 +156,7 @@ def remove_if_no_checkpoint(workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  host_malloc.tune_for_cpu()
   logging.get_absl_handler().addFilter(_QuietOrbax())
   if "tensorflow" in sys.modules:  # Keep TF (data pipeline) off the accelerators JAX uses.
     sys.modules["tensorflow"].config.set_visible_devices([], "GPU")

@@ -75,13 +75,13 @@ class GroupNorm(nn.Module):
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
                                                            ("norm",)),
                       (channels,), self.param_dtype)
-    n = x.shape[0]
-    flat = x.reshape(n, -1, channels).astype(jnp.float32)  # [N, S, C]
-    sums = jnp.stack([flat.sum(axis=1), jnp.square(flat).sum(axis=1)], axis=1)  # [N, 2, C]
+    x32 = x.astype(jnp.float32)
+    middle = tuple(range(1, x.ndim - 1))  # all but the example and channel axes
+    sums = jnp.stack([x32.sum(axis=middle), jnp.square(x32).sum(axis=middle)], axis=1)  # [N,2,C]
     one_hot = (jnp.arange(channels)[:, None] // (channels // self.num_groups)
                == jnp.arange(self.num_groups)).astype(jnp.float32)  # [C, G]
     highest = jax.lax.Precision.HIGHEST
-    count = flat.shape[1] * (channels // self.num_groups)
+    count = math.prod(x.shape[1:-1]) * (channels // self.num_groups)
     moments = jnp.einsum("nkc,cg->nkg", sums, one_hot, precision=highest) / count  # [N, 2, G]
     mean, mean_sq = moments[:, 0], moments[:, 1]
     inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
@@ -89,8 +89,8 @@ class GroupNorm(nn.Module):
                              precision=highest)  # [N, 2, C]: 1/sigma and mean/sigma
     a = per_channel[:, 0] * scale.astype(jnp.float32)  # [N, C]
     b = bias.astype(jnp.float32) - per_channel[:, 1] * scale.astype(jnp.float32)
-    y = flat * a[:, None] + b[:, None]
-    return y.reshape(x.shape).astype(self.dtype)
+    expand = lambda v: v.reshape((v.shape[0],) + (1,) * len(middle) + (channels,))
+    return (x32 * expand(a) + expand(b)).astype(self.dtype)
 
 
 def group_norm(channels: int, groups: int, *, dtype: Dtype = jnp.float32,

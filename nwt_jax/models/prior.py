@@ -60,10 +60,13 @@ def _init(init, *names: str | None):
 
 def _dense(features: int, names: tuple[str | None, str | None], *, name: str,
            dtype: Dtype, param_dtype: Dtype, use_bias: bool = False,
-           kernel_init=nn.initializers.lecun_normal()) -> transformer.Dense:
-  return transformer.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                           name=name, kernel_init=_init(kernel_init, *names),
-                           bias_init=_init(nn.initializers.zeros_init(), "norm"))
+           kernel_init=nn.initializers.lecun_normal(), flat: bool = True) -> nn.Module:
+  """A dense layer: `transformer.Dense` (2-D matmuls), or `flax.linen.Dense` where not `flat`
+  (the same parameters)."""
+  dense = transformer.Dense if flat else nn.Dense
+  return dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+               kernel_init=_init(kernel_init, *names),
+               bias_init=_init(nn.initializers.zeros_init(), "norm"))
 
 
 def per_frame_episode(episode: jax.Array, num_frames: int) -> jax.Array:
@@ -294,7 +297,10 @@ class Prior(nn.Module):
     self.spatial_pos = self.param("spatial_pos",
                                   _init(nn.initializers.normal(0.02), None, "embed"),
                                   (p // s**2, d), self.param_dtype)
-    self.prev_proj = _dense(d, (None, "embed"), name="prev_proj", **kw)
+    # Not flattened: flattening the moved-axis patches [B, T, P', S*S*e] got wrong gradients
+    # from XLA's SPMD partitioner (jax 0.10, 2x2x2 mesh, MAR with change weighting: 1 vs 8
+    # devices in tests/test_train_prior.py); this projection is small.
+    self.prev_proj = _dense(d, (None, "embed"), name="prev_proj", flat=False, **kw)
     if self.cond_skip:
       self.cond_proj = _dense(d, ("embed", "mlp"), name="cond_proj", **kw)
     if self.spatial_film:

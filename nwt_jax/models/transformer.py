@@ -72,7 +72,7 @@ def flat_dot(x: jax.Array, kernel: jax.Array, in_dims: int = 1) -> jax.Array:
   makes such a dot 2-D by physically transposing the big output gradient first (a strided copy
   as costly as the matmul: the `tiny` prior's spatial MLP took 161 ms forward + backward on one
   core that way, 93 ms flattened). Flattening here keeps every matmul of both passes 2-D; on
-  GPU/TPU the reshapes are free.
+  GPU/TPU the reshapes are free. (One caller is not flattened: see `Prior.prev_proj`.)
   """
   contract, out = kernel.shape[:in_dims], kernel.shape[in_dims:]
   if x.shape[x.ndim - in_dims:] != contract:
