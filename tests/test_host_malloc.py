@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-# A step whose temporary buffers (3000 x 3000 float32 matrices) dwarf its arguments, run 5 times:
+# A step whose temporary buffers (3000 x 3000 float32 matrices) dwarf its arguments, run 2 times:
 # minor page faults per call with and without the settings, as "<applied> <faults per call>".
 _PROGRAM = """
 import resource, sys
@@ -17,9 +17,9 @@ f = jax.jit(lambda x: jnp.sum(jnp.sin(jnp.outer(x, x)) @ jnp.cos(jnp.outer(x, x)
 x = jnp.linspace(0.0, 1.0, 3000)
 f(x).block_until_ready()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(2):
   f(x).block_until_ready()
-print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2)
 """
 
 
