@@ -430,7 +430,7 @@ class Generation:
         sds((1, self.style_dim), jnp.float32), jax.random.key(0), cache,
         sds((1, w) + self.frame_shape, jnp.int32), sds((), jnp.int32)).compile()}
     render = jax.jit(self._render,
-                     compiler_options=compile_options.for_cpu(compile_options.DVAE))
+                     compiler_options=compile_options.dvae())
     for n in sorted({n for _, n in self.windows(num_frames)}):
       compiled[n] = render.lower(self.dvae_params, sds((1, n) + self.frame_shape, jnp.int32),
                                  sds((1, n), jnp.int32)).compile()
@@ -491,7 +491,7 @@ class Generation:
                        frame_ctx, sds((r,), jnp.int32), t, cache).compile()))
       total += len(windows) * w * per_frame
     render = jax.jit(self._render,
-                     compiler_options=compile_options.for_cpu(compile_options.DVAE))
+                     compiler_options=compile_options.dvae())
     for _, n in windows:
       total += flops_of(render.lower(self.dvae_params, sds((1, n) + self.frame_shape, jnp.int32),
                                      sds((1, n), jnp.int32)).compile())

@@ -37,6 +37,16 @@ def for_cpu(options: dict[str, Any]) -> dict[str, Any] | None:
   return options if _accepted(tuple(sorted(options.items()))) else None
 
 
+def dvae() -> dict[str, Any] | None:
+  """The options of the convolutional steps (the dVAE's, the probe's): `for_cpu(DVAE)`."""
+  return for_cpu(DVAE)
+
+
+def prior() -> dict[str, Any] | None:
+  """The options of the transformer steps (the prior's training and sampling): `for_cpu(PRIOR)`."""
+  return for_cpu(PRIOR)
+
+
 @functools.cache
 def _accepted(items: tuple[tuple[str, Any], ...]) -> bool:
   try:

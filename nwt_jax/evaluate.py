@@ -407,7 +407,7 @@ def evaluate_reconstruction(models, clips: list[dict], *, probe: Probe | None = 
 
   from nwt_jax import compile_options  # pylint: disable=g-import-not-at-top
 
-  @functools.partial(jax.jit, compiler_options=compile_options.for_cpu(compile_options.DVAE))
+  @functools.partial(jax.jit, compiler_options=compile_options.dvae())
   def roundtrip(frames, episode):
     indices = dvae.apply({"params": params}, frames, method=dvae.encode)
     return indices, dvae.apply({"params": params}, indices, episode, method=dvae.decode)

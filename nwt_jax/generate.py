@@ -252,7 +252,7 @@ class Generator:
       self._pick_opening = jax.jit(functools.partial(
           sampling.pick_opening, models.prior, options=options))
     self._render = jax.jit(make_renderer(models.dvae),
-                           compiler_options=compile_options.for_cpu(compile_options.DVAE))
+                           compiler_options=compile_options.dvae())
     self._frame_shape = tuple(models.prior.grid) + (models.prior.code_heads,)
 
   def stream(self, mel: np.ndarray, episodes: np.ndarray, z: np.ndarray, seed: int, *,

@@ -332,4 +332,4 @@ def make_sampler(model: prior_lib.Prior, options: SamplingOptions = SamplingOpti
   """
   return jax.jit(functools.partial(sample_prior, model, options=options),
                  donate_argnames=("cache",),
-                 compiler_options=compile_options.for_cpu(compile_options.PRIOR))
+                 compiler_options=compile_options.prior())

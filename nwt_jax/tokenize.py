@@ -85,7 +85,7 @@ def mouth_cells(truth: np.ndarray, episode, frame_size: tuple[int, int],
 def make_encoder(model: nn.Module, params, frames_per_call: int):
   """frames uint8 [N, H, W, 3] -> int32 codes [N, gh, gw, K], in jitted calls of a fixed size."""
   encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=type(model).encode),
-                   compiler_options=compile_options.for_cpu(compile_options.DVAE))
+                   compiler_options=compile_options.dvae())
 
   def run(frames: np.ndarray) -> np.ndarray:
     out = []

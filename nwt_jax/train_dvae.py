@@ -285,7 +285,7 @@ def _setup(config_json: str, devices: tuple[jax.Device, ...]) -> Setup:
       loss_config=ml_collections.FrozenConfigDict(config.loss), seed=config.seed,
       rng_impl=config.rng_impl, nan_at_step=config.debug.nan_at_step)
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  options = compile_options.for_cpu(compile_options.DVAE)
+  options = compile_options.dvae()
   jitted_train = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, replicated), donate_argnums=0,
                          compiler_options=options)

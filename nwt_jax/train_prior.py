@@ -250,7 +250,7 @@ class Setup:
         label_smoothing=config.loss.label_smoothing, nan_at_step=config.debug.nan_at_step,
         change_weight=config.loss.change_weight)
     batch_sharding, replicated = sharding.batch_sharding(self.mesh), sharding.replicated(self.mesh)
-    compiler_options = {**(compile_options.for_cpu(compile_options.PRIOR) or {}),
+    compiler_options = {**(compile_options.prior() or {}),
                         **(compiler_options or {})} or None
     self.train_step = jax.jit(step, in_shardings=(self.shardings, batch_sharding),
                               out_shardings=(self.shardings, replicated), donate_argnums=0,

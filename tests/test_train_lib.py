@@ -1,12 +1,14 @@
 """The shared training loop: exact resume, SIGTERM, non-finite guards, eval, the entry point."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -178,3 +180,30 @@ def test_entry_point_sigterm_exits_zero_with_a_checkpoint(tmp_path):
   step = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert 100 < step < 1000000
   assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
+
+
+def test_all_finite_reads_nan_inf_and_overflow_in_any_leaf():
+  tree = {"a": np.ones((3, 2), np.float32), "b": [np.zeros(4, np.float32), np.float32(2.0)]}
+  assert bool(train_lib.all_finite(tree))
+  for leaf, bad in ((("a",), np.nan), (("b", 0), np.inf), (("b", 0), -np.inf), (("a",), 1e20)):
+    broken = jax.tree.map(np.copy, tree)
+    target = broken[leaf[0]] if len(leaf) == 1 else broken[leaf[0]][leaf[1]]
+    target.flat[1] = bad  # 1e20: the norm overflows float32, which counts as non-finite
+    assert not bool(train_lib.all_finite(broken)), (leaf, bad)
+
+
+def _guarded_update_size(num_leaves: int) -> int:
+  """Instructions in the compiled HLO of a guarded SGD update of `num_leaves` parameters."""
+  def update(params, grads):
+    ok = train_lib.all_finite(grads)
+    return jax.tree.map(lambda p, g: jnp.where(ok, p - 0.1 * g, p), params, grads)
+  params = [jnp.ones((i + 2, 3)) for i in range(num_leaves)]
+  hlo = jax.jit(update).lower(params, params).compile().as_text()
+  return len(re.findall(r"^\s*(?:ROOT )?%\S+ = ", hlo, re.M))
+
+
+def test_the_finite_check_is_compiled_once_not_into_every_parameter_update():
+  # A per-leaf `and` chain was fused into each parameter's select: L copies of an L-long chain,
+  # a compiled program quadratic in the parameter count (and twice the prior's compile time).
+  small, large = _guarded_update_size(20), _guarded_update_size(40)
+  assert large / small < 2.3, (small, large)
