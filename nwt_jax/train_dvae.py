@@ -202,7 +202,7 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
   state, guard = train_lib.apply_if_finite(state, new_state, (loss, terms["d_loss"]), grads)
   metrics = dict(
       loss=loss, **terms, adv_scale=scale, lr=lr_schedule(state.step - 1),
-      g_grad_norm=optax.global_norm(g_grads), d_grad_norm=optax.global_norm(d_grads),
+      g_grad_norm=optax.tree.norm(g_grads), d_grad_norm=optax.tree.norm(d_grads),
       batch_usage_min=jnp.min(aux["usage"]), batch_perplexity=jnp.mean(aux["perplexity"]),
       **guard)
   return state, metrics
