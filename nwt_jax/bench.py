@@ -29,6 +29,7 @@ JAX initial state), times it in blocks alternating with JAX's, and adds `peer_st
 torch is imported only then.
 """
 
+import collections
 import copy
 import dataclasses
 import functools
@@ -417,6 +418,13 @@ class Generation:
     frames = self.dvae.apply({"params": params}, codes, episode, method=dvae_lib.DVAE.decode)
     return jnp.clip(jnp.round((frames + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
+  def _compile_render(self, num_frames: int):
+    """`_render` of `num_frames` frames, compiled (with the dVAE's XLA:CPU options)."""
+    sds = jax.ShapeDtypeStruct
+    render = jax.jit(self._render, compiler_options=compile_options.dvae())
+    return render.lower(self.dvae_params, sds((1, num_frames) + self.frame_shape, jnp.int32),
+                        sds((1, num_frames), jnp.int32)).compile()
+
   def compile(self, num_frames: int) -> tuple[dict, float]:
     """Every executable `run` needs for `num_frames` frames, compiled from a cold cache."""
     jax.clear_caches()
@@ -429,11 +437,8 @@ class Generation:
         self.prior_params, sds((1, 4 * w, 80), jnp.float32), sds((1,), jnp.int32),
         sds((1, self.style_dim), jnp.float32), jax.random.key(0), cache,
         sds((1, w) + self.frame_shape, jnp.int32), sds((), jnp.int32)).compile()}
-    render = jax.jit(self._render,
-                     compiler_options=compile_options.dvae())
     for n in sorted({n for _, n in self.windows(num_frames)}):
-      compiled[n] = render.lower(self.dvae_params, sds((1, n) + self.frame_shape, jnp.int32),
-                                 sds((1, n), jnp.int32)).compile()
+      compiled[n] = self._compile_render(n)
     return compiled, time.perf_counter() - start
 
   def run(self, compiled: dict, mel: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -490,11 +495,9 @@ class Generation:
                    + p.codes_per_frame * flops_of(jax.jit(code).lower(
                        frame_ctx, sds((r,), jnp.int32), t, cache).compile()))
       total += len(windows) * w * per_frame
-    render = jax.jit(self._render,
-                     compiler_options=compile_options.dvae())
-    for _, n in windows:
-      total += flops_of(render.lower(self.dvae_params, sds((1, n) + self.frame_shape, jnp.int32),
-                                     sds((1, n), jnp.int32)).compile())
+    frames_per_window = collections.Counter(n for _, n in windows)
+    total += sum(count * flops_of(self._compile_render(n))
+                 for n, count in frames_per_window.items())
     return total
 
 
