@@ -118,11 +118,6 @@ def adversarial_scale(step: jax.Array, start: int, ramp: int) -> jax.Array:
   return jnp.where(step >= start, jnp.clip(progress, 0.0, 1.0), 0.0)
 
 
-def _split_real_fake(tree: PyTree, n: int) -> tuple[PyTree, PyTree]:
-  """A discriminator output on [real; fake] frames -> (its real half, its fake half)."""
-  return jax.tree.map(lambda x: x[:n], tree), jax.tree.map(lambda x: x[n:], tree)
-
-
 def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
                model: dvae.DVAE, disc: discriminator.MultiScaleDiscriminator,
                tx_g: optax.GradientTransformation, tx_d: optax.GradientTransformation,
@@ -136,7 +131,6 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
   frames = batch["video"]
   episode = jnp.broadcast_to(batch["episode"][:, None], frames.shape[:2])  # [B, T]
   target = dvae.frames_to_float(frames)  # float32 [B, T, H, W, 3] in [-1, 1]
-  n = int(np.prod(frames.shape[:2]))  # frames in the batch
   gp, dp = state.params["generator"], state.params["discriminator"]
   d_opt = state.opt_state["discriminator"]
   scale = adversarial_scale(state.step, lc.adv_start_step, lc.adv_ramp_steps)
@@ -150,26 +144,34 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
   recon, pullback, aux = jax.vjp(generate, gp, has_aux=True)
   l1, d_recon_l1 = jax.value_and_grad(losses.l1_loss)(recon, target)
 
-  def adversarial_loss(recon):
-    logits, d_aux = disc.apply({"params": dp}, jnp.concatenate([target, recon]))
-    real_features, fake_features = _split_real_fake(d_aux["features"], n)
-    terms = {"g_adv": losses.hinge_generator_loss(_split_real_fake(logits, n)[1]),
-             "fm": losses.feature_matching_loss(real_features, fake_features)}
-    return scale * (lc.adv_weight * terms["g_adv"] + lc.fm_weight * terms["fm"]), terms
-
-  def discriminator_loss(dp, recon):
-    logits, _ = disc.apply({"params": dp},
-                           jnp.concatenate([target, jax.lax.stop_gradient(recon)]))
-    real, fake = _split_real_fake(logits, n)
-    mean = lambda t: jnp.mean(jnp.stack([jnp.mean(x) for x in t]))
-    return losses.hinge_discriminator_loss(real, fake), {"d_real": mean(real),
-                                                         "d_fake": mean(fake)}
+  def discriminate(dp, frames):
+    logits, d_aux = disc.apply({"params": dp}, frames)
+    return logits, d_aux["features"]
 
   def with_discriminator(recon):
-    (adv, terms), d_recon = jax.value_and_grad(adversarial_loss, has_aux=True)(recon)
-    (d_loss, d_terms), d_grads = jax.value_and_grad(discriminator_loss, has_aux=True)(dp, recon)
+    # The discriminator runs forward once on the real frames and once on the reconstructions.
+    # The reconstructions' pullback is taken twice: with the generator's cotangent for
+    # d(loss)/d(recon), and with the discriminator loss's for its parameters (where the
+    # reconstruction is a constant); XLA drops the half of each pullback that is not used.
+    (real_logits, real_features), real_pullback = jax.vjp(lambda p: discriminate(p, target), dp)
+    (fake_logits, fake_features), fake_pullback = jax.vjp(discriminate, dp, recon)
+
+    def generator_loss(fake_logits, fake_features):
+      terms = {"g_adv": losses.hinge_generator_loss(fake_logits),
+               "fm": losses.feature_matching_loss(real_features, fake_features)}
+      return scale * (lc.adv_weight * terms["g_adv"] + lc.fm_weight * terms["fm"]), terms
+
+    (adv, terms), g_cotangent = jax.value_and_grad(generator_loss, argnums=(0, 1), has_aux=True)(
+        fake_logits, fake_features)
+    _, d_recon = fake_pullback(g_cotangent)
+    d_loss, (real_ct, fake_ct) = jax.value_and_grad(losses.hinge_discriminator_loss,
+                                                    argnums=(0, 1))(real_logits, fake_logits)
+    no_features = lambda features: jax.tree.map(jnp.zeros_like, features)
+    d_grads = jax.tree.map(jnp.add, real_pullback((real_ct, no_features(real_features)))[0],
+                           fake_pullback((fake_ct, no_features(fake_features)))[0])
+    mean = lambda t: jnp.mean(jnp.stack([jnp.mean(x) for x in t]))
+    terms.update(d_loss=d_loss, d_real=mean(real_logits), d_fake=mean(fake_logits))
     updates, new_d_opt = tx_d.update(d_grads, d_opt, dp)
-    terms.update(d_terms, d_loss=d_loss)
     return adv, d_recon, terms, d_grads, optax.apply_updates(dp, updates), new_d_opt
 
   def without_discriminator(recon):

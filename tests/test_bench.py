@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -130,13 +131,34 @@ def test_dvae_peer_losses_equal_jax_with_copied_weights():
   peer_g, peer_d = torch_peer.build_dvae(c)
   torch_peer.load_flax_params(peer_g, gp)
   torch_peer.load_flax_params(peer_d, dp)
-  with torch.no_grad():
-    _, d_loss, terms, _ = torch_peer.dvae_losses(
-        peer_g, peer_d, torch.from_numpy(frames.copy()), torch.from_numpy(episode).long(),
-        scale=1.0, loss_config=c.loss, gumbel=torch.from_numpy(gumbel.copy()))
+  g_loss, d_loss, terms, _ = torch_peer.dvae_losses(
+      peer_g, peer_d, torch.from_numpy(frames.copy()), torch.from_numpy(episode).long(),
+      scale=1.0, loss_config=c.loss, gumbel=torch.from_numpy(gumbel.copy()))
   got = {**{k: float(v) for k, v in terms.items()}, "d": float(d_loss)}
   for key, value in expected.items():
     assert got[key] == pytest.approx(float(value), rel=1e-4, abs=1e-5), key
+
+  # The peer's two gradient passes (as DVAETrainStep takes them) against JAX's autodiff.
+  def generator_loss(gp):
+    recon, _ = gen.apply({"params": gp}, frames, episode, train=True,
+                         rngs={"gumbel": jax.random.key(2)})
+    logits, aux = disc.apply({"params": dp}, jnp.concatenate([target, recon]))
+    return (c.loss.l1_weight * losses.l1_loss(recon, target)
+            + c.loss.adv_weight * losses.hinge_generator_loss(half(logits, False))
+            + c.loss.fm_weight * losses.feature_matching_loss(half(aux["features"], True),
+                                                              half(aux["features"], False)))
+
+  def discriminator_loss(dp):
+    logits, _ = disc.apply({"params": dp}, jnp.concatenate([target, recon]))
+    return losses.hinge_discriminator_loss(half(logits, True), half(logits, False))
+
+  norm = lambda grads: float(torch.sqrt(sum(g.square().sum() for g in grads)))
+  peer_g_grads = torch.autograd.grad(g_loss, list(peer_g.parameters()), retain_graph=True)
+  peer_d_grads = torch.autograd.grad(d_loss, list(peer_d.parameters()))
+  assert norm(peer_g_grads) == pytest.approx(
+      float(optax.tree.norm(jax.grad(generator_loss)(gp))), rel=1e-4)
+  assert norm(peer_d_grads) == pytest.approx(
+      float(optax.tree.norm(jax.grad(discriminator_loss)(dp))), rel=1e-4)
 
 
 @pytest.mark.parametrize("decoder", ["far", "mar", "mar_local", "far_patch", "mar_patch"])

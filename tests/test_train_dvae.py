@@ -6,18 +6,23 @@ One small config (tiny widths, 4-frame clips) is shared so its steps compile onc
 smoke and restore tests; the 8-device step is compiled once for the equality and memory tests.
 """
 
+import functools
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import dvae as dvae_configs
 from nwt_jax import input_pipeline
+from nwt_jax import losses
 from nwt_jax import sharding
 from nwt_jax import train_dvae
 from nwt_jax import train_lib
+from nwt_jax.models import dvae
 
 
 def _config(**train):
@@ -208,3 +213,66 @@ def test_paper_mem8_overrides_mem16_only_where_it_differs():
   assert differ == {"dvae.channels", "dvae.res_blocks"}
   with pytest.raises(ValueError, match="Unknown config preset"):
     dvae_configs.get_config("huge")
+
+
+def test_step_gradients_equal_the_plain_autodiff_of_both_losses():
+  """The step shares the discriminator's forward passes between its two losses (one pullback,
+  two cotangents); with SGD at learning rate 1 its update must be minus the gradients that
+  plain autodiff gives, the discriminator run on [real; fake] as the losses are written."""
+  config = _config()
+  lc = config.loss
+  model, disc = train_dvae.make_models(config)
+  sgd = optax.sgd(1.0)
+  state = flax.linen.unbox(train_dvae.create_train_state(
+      model, disc, sgd, sgd, config.data.height, config.data.width, jax.random.key(0)))
+  state = state.replace(step=jnp.asarray(lc.adv_start_step))  # scale 0.5: both terms on
+  batch = jax.tree.map(jnp.asarray, _batches(config, 1)[0])
+  new_state, metrics = jax.jit(functools.partial(
+      train_dvae.train_step, model=model, disc=disc, tx_g=sgd, tx_d=sgd,
+      lr_schedule=optax.constant_schedule(1.0), loss_config=lc, seed=config.seed,
+      rng_impl=config.rng_impl, nan_at_step=-1))(state, batch)
+
+  frames = batch["video"]
+  episode = jnp.broadcast_to(batch["episode"][:, None], frames.shape[:2])
+  target = dvae.frames_to_float(frames).reshape((-1,) + frames.shape[2:])
+  rng = jax.random.fold_in(jax.random.key(config.seed, impl=config.rng_impl), state.step)
+  gp, dp = state.params["generator"], state.params["discriminator"]
+  scale = float(train_dvae.adversarial_scale(state.step, lc.adv_start_step, lc.adv_ramp_steps))
+  assert scale == 0.5
+  n = len(target)
+  halves = lambda tree: (jax.tree.map(lambda x: x[:n], tree), jax.tree.map(lambda x: x[n:], tree))
+
+  def recon_of(gp):
+    recon, _ = model.apply({"params": gp}, frames, episode, train=True, rngs={"gumbel": rng})
+    return recon.reshape(target.shape)
+
+  def generator_loss(gp):
+    recon = recon_of(gp)
+    logits, aux = disc.apply({"params": dp}, jnp.concatenate([target, recon]))
+    real, fake = halves(aux["features"])
+    adv = (lc.adv_weight * losses.hinge_generator_loss(halves(logits)[1])
+           + lc.fm_weight * losses.feature_matching_loss(real, fake))
+    return lc.l1_weight * losses.l1_loss(recon, target) + scale * adv
+
+  def discriminator_loss(dp):
+    logits, _ = disc.apply({"params": dp}, jnp.concatenate([target, recon_of(gp)]))
+    return losses.hinge_discriminator_loss(*halves(logits))
+
+  expected = {"generator": jax.grad(generator_loss)(gp),
+              "discriminator": jax.grad(discriminator_loss)(dp)}
+  got = jax.tree.map(jnp.subtract, state.params, new_state.params)
+  for name in expected:
+    for path, want in jax.tree_util.tree_leaves_with_path(expected[name]):
+      # p - (p - g) carries p's rounding: a few float32 ulps of the parameter's magnitude.
+      ulp = np.finfo(np.float32).eps * np.abs(_nested_get(state.params[name], path)).max()
+      np.testing.assert_allclose(_nested_get(got[name], path), want, rtol=1e-3, atol=8 * ulp,
+                                 err_msg=f"{name}{jax.tree_util.keystr(path)}")
+  assert float(metrics["d_grad_norm"]) == pytest.approx(
+      float(optax.tree.norm(expected["discriminator"])), rel=1e-4)
+  assert float(metrics["g_grad_norm"]) > 0
+
+
+def _nested_get(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return np.asarray(tree)
