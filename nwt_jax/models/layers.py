@@ -25,15 +25,19 @@ def constrain_image(x: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(x, IMAGE_AXES)
 
 
+# The initialisers of every conv's kernel [k, k, in, out] and of conv and dense biases [out],
+# with their logical axis names.
+CONV_KERNEL_INIT = nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                (None, None, "embed", "mlp"))
+BIAS_INIT = nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",))
+
+
 def conv(features: int, kernel_size: int = 3, *, strides: int = 1, dtype: Dtype = jnp.float32,
          param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Conv:
   """A square 'SAME' conv whose kernel is (None, None, 'embed', 'mlp') and bias ('mlp',)."""
   return nn.Conv(
       features, (kernel_size, kernel_size), strides=(strides, strides), padding="SAME",
-      dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.lecun_normal(), (None, None, "embed", "mlp")),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
+      dtype=dtype, param_dtype=param_dtype, kernel_init=CONV_KERNEL_INIT, bias_init=BIAS_INIT,
       name=name)
 
 
@@ -43,8 +47,7 @@ def dense(features: int, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp
   return nn.Dense(
       features, dtype=dtype, param_dtype=param_dtype,
       kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
-      name=name)
+      bias_init=BIAS_INIT, name=name)
 
 
 class GroupNorm(nn.Module):
@@ -150,11 +153,9 @@ class _ConvParams(nn.Module):
   @nn.compact
   def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
     k = self.kernel_size
-    kernel = self.param("kernel", nn.with_logical_partitioning(
-        nn.initializers.lecun_normal(), (None, None, "embed", "mlp")),
-        (k, k, in_features, self.features), self.param_dtype)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
-                      (self.features,), self.param_dtype)
+    kernel = self.param("kernel", CONV_KERNEL_INIT, (k, k, in_features, self.features),
+                        self.param_dtype)
+    bias = self.param("bias", BIAS_INIT, (self.features,), self.param_dtype)
     return kernel, bias
 
 
