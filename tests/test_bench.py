@@ -134,7 +134,7 @@ def test_dvae_peer_losses_equal_jax_with_copied_weights():
   g_loss, d_loss, terms, _ = torch_peer.dvae_losses(
       peer_g, peer_d, torch.from_numpy(frames.copy()), torch.from_numpy(episode).long(),
       scale=1.0, loss_config=c.loss, gumbel=torch.from_numpy(gumbel.copy()))
-  got = {**{k: float(v) for k, v in terms.items()}, "d": float(d_loss)}
+  got = {**{k: v.item() for k, v in terms.items()}, "d": d_loss.item()}
   for key, value in expected.items():
     assert got[key] == pytest.approx(float(value), rel=1e-4, abs=1e-5), key
 
