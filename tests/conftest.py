@@ -2,19 +2,32 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
-# Must happen before jax is imported anywhere.
+
+def _xla_accepts(flag: str) -> bool:
+  """Whether this jaxlib's XLA knows `flag` (an unknown flag in XLA_FLAGS aborts the process)."""
+  env = dict(os.environ, XLA_FLAGS=flag, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
+                        capture_output=True, check=False).returncode == 0
+
+
+# Must happen before jax is imported anywhere. The xdist workers and the tests' subprocesses
+# inherit these flags (tests/test_multiprocess.py keeps all but the device count).
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   _flags += " --xla_force_host_platform_device_count=8"
 # Most tests run a step a handful of times, so XLA's compile time dominates the suite: compile at
 # the lowest effort (convolutions and matmuls still call the same optimised kernels), and with
 # XLA:CPU's older loop emitter instead of its MLIR fusion emitters, which halves the compile time
-# of the tests' prior step at that level (5.1-6.3 s -> 2.7-2.9 s).
+# of the tests' prior step at that level (5.1-6.3 s -> 2.7-2.9 s; an experimental switch, so
+# only where this XLA has it).
 if "xla_backend_optimization_level" not in _flags:
-  _flags += (" --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-             " --xla_cpu_use_fusion_emitters=false")
+  _flags += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  if _xla_accepts("--xla_cpu_use_fusion_emitters=false"):
+    _flags += " --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

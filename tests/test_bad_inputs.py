@@ -21,6 +21,7 @@ import pytest
 from configs import dvae as dvae_configs
 from nwt_jax import checkpoint
 import toy
+import xla_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ TINY = {"data.height": 16, "data.width": 16, "data.batch_size": 4, "data.num_tra
 def _cli(module: str, *args, devices: int = 1) -> tuple[int, str, str]:
   """(exit code, last stderr line, all of stderr) of `python -m module args`."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=xla_env.xla_flags(devices))
   proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300, check=False)
   lines = proc.stderr.strip().splitlines()

@@ -19,6 +19,7 @@ from nwt_jax import checkpoint
 from nwt_jax import report
 import token_fixtures
 import toy
+import xla_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
@@ -55,10 +56,7 @@ def _free_port() -> int:
 
 def _env(devices: int, cache: pathlib.Path | None = None) -> dict[str, str]:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-             # Lowest XLA effort: the steps run a few times, compile time dominates.
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
-             "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-             "--xla_cpu_use_fusion_emitters=false")
+             XLA_FLAGS=xla_env.xla_flags(devices))
   if cache:  # a persistent compilation cache: a restarted process loads its executables
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

@@ -17,6 +17,7 @@ from nwt_jax import sharding
 from nwt_jax import train
 from nwt_jax import train_lib
 import toy
+import xla_env
 
 MESH_222 = dict(data=2, fsdp=2, model=2)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +160,7 @@ def test_entry_point_sigterm_exits_zero_with_a_checkpoint(tmp_path):
   code = ("import sys; sys.path.insert(0, 'tests'); from absl import app; "
           "from nwt_jax import train; train.TRAINERS['toy'] = 'toy'; app.run(train.main)")
   env = dict(os.environ, PYTHONPATH=REPO,
-             XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+             XLA_FLAGS=xla_env.xla_flags(8), JAX_PLATFORMS="cpu")
   proc = subprocess.Popen(
       [sys.executable, "-c", code, "--config=tests/toy.py", f"--workdir={tmp_path}",
        "--config.train.num_steps=1000000", "--config.train.checkpoint_every=100",

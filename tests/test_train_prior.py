@@ -23,8 +23,7 @@ SMALL = dict(max_frames=4, d_model=32, num_heads=2, head_dim=16, mlp_dim=64, tem
              spatial_layers=0, audio_layers=1, code_embed_dim=8, style_dim=16, style_hidden=32,
              depth_dim=32, depth_layers=1)
 # XLA's CPU compiler at its lowest effort: these steps run a few times, compile time dominates.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                "xla_cpu_use_fusion_emitters": False}
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 @pytest.fixture(scope="module")
