@@ -17,7 +17,7 @@ can be overridden on the command line: `--config.optim.lr=3e-4`.
 import ml_collections
 
 from configs import common
-from nwt_jax import input_pipeline
+from nwt_jax.data import input_pipeline
 
 SIZES = ("base", "tiny", "paper_mem16", "paper_mem8")
 
@@ -74,7 +74,7 @@ PARENT = {"paper_mem8": "paper_mem16"}
 
 def _base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.model = "dvae"  # nwt_jax.train dispatches to nwt_jax.train_dvae
+  c.model = "dvae"  # nwt_jax.train dispatches to nwt_jax.training.dvae
   c.seed = 0  # parameter init, Gumbel noise (fold_in(seed, step)) and data order
   # PRNG: threefry is sharding-invariant and splits its work over devices. 'rbg' (XLA's
   # RngBitGenerator, also identical across shardings but generated whole) compiles the

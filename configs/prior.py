@@ -52,14 +52,14 @@ _SIZE_OVERRIDES = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   choice = common.parse_arg(arg, size=SIZES, decoder=DECODERS)
   c = ml_collections.ConfigDict()
-  c.model = "prior"  # nwt_jax.train dispatches to nwt_jax.train_prior
+  c.model = "prior"  # nwt_jax.train dispatches to nwt_jax.training.prior
   c.seed = 0  # parameter init (seed), step randomness (seed + 1) and data order
   c.dtype = "float32"  # compute dtype: fp32 on CPU (XLA's CPU bf16 is slower), bf16 on GPU/TPU
   c.mesh = dict(data=-1, fsdp=1, model=1)  # device mesh; -1 = filled from the device count
   c.dvae_workdir = ""  # stage-1 workdir (tokens default to <dvae_workdir>/tokens)
 
   c.data = dict(
-      source="tokens",  # tokenized clips (nwt_jax.token_pipeline)
+      source="tokens",  # tokenized clips (nwt_jax.data.token_pipeline)
       tokens_dir="",  # output of `python -m nwt_jax.tokenize` ('' = <dvae_workdir>/tokens)
       batch_size=16,  # global batch of windows
       frames_per_example=8,  # T': frames per window, cut at a random offset from each clip

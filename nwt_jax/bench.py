@@ -23,7 +23,7 @@ per-frame / per-code steps times their trip counts, since XLA counts a loop body
 Utilisation = FLOPs / step time / device peak: the nominal dense bf16 peak on GPU/TPU
 (`PEAK_FLOPS`), on CPU a float32 `jnp.dot` peak measured here.
 
-`--peer=torch` builds `nwt_jax.torch_peer` (the same models in PyTorch, weights copied from the
+`--peer=torch` builds `benchmarks.torch_peer` (the same models in PyTorch, weights copied from the
 JAX initial state), times it in blocks alternating with JAX's, and adds `peer_step_s` and
 `jax_over_torch_speed` (= peer step time / JAX step time; >= 1 means JAX is faster).
 torch is imported only then.
@@ -51,12 +51,12 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from nwt_jax import compile_options
-from nwt_jax import host_malloc
-from nwt_jax import sampling
-from nwt_jax import sharding
-from nwt_jax import train_dvae
-from nwt_jax import train_prior
+from nwt_jax.runtime import compile_options
+from nwt_jax.runtime import host_malloc
+from nwt_jax.inference import sampling
+from nwt_jax.training import sharding
+from nwt_jax.training import dvae as train_dvae
+from nwt_jax.training import prior as train_prior
 from nwt_jax.models import dvae as dvae_lib
 from nwt_jax.models import prior as prior_lib
 
@@ -205,7 +205,7 @@ def dvae_workload(config: ml_collections.ConfigDict, devices=None) -> Workload:
 
   def make_peer(compile_: bool):
     import torch  # pylint: disable=g-import-not-at-top
-    from nwt_jax import torch_peer  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_peer  # pylint: disable=g-import-not-at-top
     gen, disc = torch_peer.build_dvae(config)
     torch_peer.load_flax_params(gen, params["generator"])
     torch_peer.load_flax_params(disc, params["discriminator"])
@@ -255,7 +255,7 @@ def prior_workload(config: ml_collections.ConfigDict,
 
   def make_peer(compile_: bool):
     import torch  # pylint: disable=g-import-not-at-top
-    from nwt_jax import torch_peer  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_peer  # pylint: disable=g-import-not-at-top
     model = torch_peer.build_prior(config, manifest)
     torch_peer.load_flax_params(model, params)
     peer_batch = {"codes": torch.from_numpy(codes.astype(np.int64)),
@@ -519,7 +519,7 @@ def bench_generate(prior_config: ml_collections.ConfigDict,
   record = {}
   if compile_check:
     # Alternate the two lengths three times and keep each one's best: single compile times on
-    # the 2-core machine vary by +-20% (the executables are the same; tests/test_bench.py).
+    # the 2-core machine vary by +-20% (the executables are the same; tests/integration/test_bench.py).
     short, long_ = (int(round(s * FRAME_RATE)) for s in compile_lengths)
     best = {short: math.inf, long_: math.inf}
     for n in (short, long_) * 3:

@@ -17,3 +17,7 @@ class InvalidInput(UserError, ValueError):
 
 class MissingInput(UserError, FileNotFoundError):
   """A path the job needs does not exist."""
+
+
+class GenerateError(UserError, ValueError):
+  """Input the generator cannot use (a control, an audio file, a pair of workdirs)."""

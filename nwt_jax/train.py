@@ -11,11 +11,8 @@ VMs, or explicit `--coordinator_address/--num_processes/--process_id`) call
 """
 
 import importlib
-import logging as py_logging
-import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
@@ -23,8 +20,10 @@ import jax
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_impl
 
+from nwt_jax import cli
 from nwt_jax import errors
-from nwt_jax import host_malloc
+from nwt_jax.runtime import distributed
+from nwt_jax.training import workdir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
@@ -38,7 +37,7 @@ flags.DEFINE_integer("process_id", None, "This process's index (with --coordinat
 flags.mark_flags_as_required(["config", "workdir"])
 
 # config.model -> module with `train_and_evaluate(config, workdir)`, imported only when chosen.
-TRAINERS = {"dvae": "nwt_jax.train_dvae", "prior": "nwt_jax.train_prior"}
+TRAINERS = {"dvae": "nwt_jax.training.dvae", "prior": "nwt_jax.training.prior"}
 
 
 class UnknownModelError(errors.UserError, ValueError):
@@ -51,31 +50,6 @@ def trainer(model: str):
     raise UnknownModelError(f"config.model={model!r} is not a model this entry point trains; "
                             f"choose one of {sorted(TRAINERS)}.")
   return importlib.import_module(TRAINERS[model])
-
-
-def _multiprocess_environment() -> bool:
-  """True where the environment launched several processes that must form one JAX system
-  (`NWT_DISTRIBUTED=1`, set by the scripts in launch/, forces it)."""
-  env = os.environ
-  return bool(env.get("NWT_DISTRIBUTED") == "1"
-              or env.get("JAX_COORDINATOR_ADDRESS")
-              or int(env.get("SLURM_NTASKS", "1")) > 1
-              or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-              or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
-
-
-def _initialize_distributed() -> None:
-  if FLAGS.coordinator_address or _multiprocess_environment():
-    # CPU processes need gloo for cross-process collectives; other backends ignore this.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-
-
-class _QuietOrbax(py_logging.Filter):
-  """Orbax logs a dozen INFO lines per save; keep its warnings and our progress lines."""
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def _root_cause(e: BaseException) -> BaseException:
@@ -125,57 +99,24 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
-def prepare_workdir(workdir: str) -> bool:
-  """Creates `workdir` (any epath: local or gs://) if needed and checks that it can be
-  written, before any compilation; returns whether this call created it."""
-  path = epath.Path(workdir)
-  if path.exists() and not path.is_dir():
-    raise errors.InvalidInput(f"--workdir={workdir} is a file, not a directory")
-  created = not path.exists()
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".write_test.{jax.process_index()}.{os.getpid()}"
-    probe.write_text("")
-    probe.unlink()
-  except OSError as e:
-    raise errors.InvalidInput(
-        f"--workdir={workdir} cannot be written: {e.strerror or e}") from None
-  return created
-
-
-def remove_if_no_checkpoint(workdir: str) -> None:
-  """Deletes a workdir that holds no finished checkpoint (what a run that failed on bad input
-  leaves: an events file, an empty checkpoints directory), so no partial output remains."""
-  path = epath.Path(workdir)
-  checkpoints = path / "checkpoints"
-  if checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir()):
-    return
-  path.rmtree(missing_ok=True)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  host_malloc.tune_for_cpu()
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+def main() -> None:
   if "tensorflow" in sys.modules:  # Keep TF (data pipeline) off the accelerators JAX uses.
     sys.modules["tensorflow"].config.set_visible_devices([], "GPU")
-  _initialize_distributed()
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info("JAX process %d / %d; %d local devices of %d: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  created = False
+  created = workdir.prepare(FLAGS.workdir)
   try:
-    created = prepare_workdir(FLAGS.workdir)
     trainer(FLAGS.config.model).train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except errors.UserError as e:
+  except errors.UserError:
     # Bad input (a wrong model name or path, a config that doesn't fit the devices or the
-    # workdir's checkpoint, a diverged run): the message says what to do; no traceback, exit
-    # code 1, and a workdir this run created is removed unless it holds a checkpoint.
+    # workdir's checkpoint, a diverged run): a workdir this run created is removed unless it
+    # holds a checkpoint; cli.run prints the message.
     if created:
-      remove_if_no_checkpoint(FLAGS.workdir)
-    raise SystemExit(f"error: {e}") from None
+      workdir.remove_if_no_checkpoint(FLAGS.workdir)
+    raise
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags)

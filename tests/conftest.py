@@ -1,10 +1,14 @@
 """Test set-up: 8 virtual CPU devices stand in for a pod slice (DESIGN §5)."""
 
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
 import tempfile
+
+# The helpers of tests/support/ (toy trainers, fixtures) import as top-level modules.
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "support"))
 
 
 def _xla_accepts(flag: str) -> bool:
@@ -15,7 +19,7 @@ def _xla_accepts(flag: str) -> bool:
 
 
 # Must happen before jax is imported anywhere. The xdist workers and the tests' subprocesses
-# inherit these flags (tests/test_multiprocess.py keeps all but the device count).
+# inherit these flags (tests/integration/test_multiprocess.py keeps all but the device count).
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   _flags += " --xla_force_host_platform_device_count=8"
@@ -65,6 +69,6 @@ def pytest_collection_modifyitems(items):
 
 # XLA:CPU's per-step buffers reused rather than mapped anew (nwt_jax/host_malloc.py): before any
 # test runs a computation.
-from nwt_jax import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
+from nwt_jax.runtime import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 host_malloc.tune_for_cpu()

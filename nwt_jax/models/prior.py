@@ -23,7 +23,7 @@ Teacher forcing (training, evaluation):
     # logits float32 [B, T, gh, gw, K, num_codes]; aux: kl (batch mean), mu, log_sigma, z and
     # prev_codes (what each frame saw as its previous frame; -1: the BOS frame)
 
-Incremental decoding (what `nwt_jax.sampling` drives inside `jax.lax.scan`):
+Incremental decoding (what `nwt_jax.inference.sampling` drives inside `jax.lax.scan`):
 
     mu, _ = model.apply(v, reference_codes, method=Prior.encode_style)     # or z ~ N(0, I)
     context = model.apply(v, mel, episode, z, method=Prior.encode_context)  # once per window
@@ -46,138 +46,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nwt_jax import losses
 from nwt_jax.models import transformer
+from nwt_jax.models.prior_encoders import (MEL_FRAMES_PER_FRAME, AudioEncoder, FrameEmbed,
+                                           StyleEncoder, dense, gaussian_kl, partitioned,
+                                           per_frame_episode)
 
 Dtype = Any
 DECODERS = ("far", "mar")
-MEL_FRAMES_PER_FRAME = 4  # log-mel frames per video frame (hop 200 at 24 kHz, 30 fps)
-
-
-def _init(init, *names: str | None):
-  return nn.with_logical_partitioning(init, names)
-
-
-def _dense(features: int, names: tuple[str | None, str | None], *, name: str,
-           dtype: Dtype, param_dtype: Dtype, use_bias: bool = False,
-           kernel_init=nn.initializers.lecun_normal(), flat: bool = True) -> nn.Module:
-  """A dense layer: `transformer.Dense` (2-D matmuls), or `flax.linen.Dense` where not `flat`
-  (the same parameters)."""
-  dense = transformer.Dense if flat else nn.Dense
-  return dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-               kernel_init=_init(kernel_init, *names),
-               bias_init=_init(nn.initializers.zeros_init(), "norm"))
-
-
-def per_frame_episode(episode: jax.Array, num_frames: int) -> jax.Array:
-  """Episode ids [B] (one per clip) or [B, T] -> [B, T]."""
-  if episode.ndim == 1:
-    return jnp.broadcast_to(episode[:, None], (episode.shape[0], num_frames))
-  if episode.shape[1] != num_frames:
-    raise ValueError(f"episode ids {episode.shape} do not cover {num_frames} frames")
-  return episode
-
-
-class FrameEmbed(nn.Module):
-  """Codes [..., gh, gw, K] -> [..., gh*gw, features]: per-head code embeddings summed per position.
-
-  One table of K * num_codes rows, so each head has its own codebook embedding.
-  """
-  num_codes: int  # codebook size per head
-  code_heads: int  # Memcodes heads K
-  features: int  # embedding width
-  param_dtype: Dtype = jnp.float32  # parameter dtype
-
-  @nn.compact
-  def __call__(self, codes: jax.Array) -> jax.Array:
-    table = nn.Embed(self.code_heads * self.num_codes, self.features,
-                     param_dtype=self.param_dtype, name="table",
-                     embedding_init=_init(nn.initializers.normal(1.0), "vocab", "embed"))
-    offsets = jnp.arange(self.code_heads) * self.num_codes  # [K]
-    emb = table(codes + offsets).sum(axis=-2)  # [..., gh, gw, K, f] -> [..., gh, gw, f]
-    return emb.reshape(emb.shape[:-3] + (-1, self.features))  # [..., P, f]
-
-
-class AudioEncoder(nn.Module):
-  """Log-mel [B, 4T, bins] -> [B, T, features] at the video frame rate.
-
-  A conv stack (k5 s1, then two k4 s2 halvings: the output for frame t is centred on mel rows
-  4t .. 4t+3) and a bidirectional transformer.
-  """
-  features: int = 256  # width
-  num_layers: int = 2  # transformer blocks
-  num_heads: int = 4  # attention heads
-  head_dim: int = 64  # width per head
-  mlp_dim: int = 1024  # MLP hidden width
-  max_frames: int = 32  # longest window in video frames (position table size)
-  mel_mean: float = -8.0  # log-mel normalisation: (mel - mel_mean) / mel_std
-  mel_std: float = 4.0  # (log_mel floors at log(1e-5) = -11.5; speech peaks near +3)
-  dropout_rate: float = 0.0  # residual dropout
-  dtype: Dtype = jnp.float32  # compute dtype
-  param_dtype: Dtype = jnp.float32  # parameter dtype
-
-  @nn.compact
-  def __call__(self, mel: jax.Array, *, deterministic: bool = True) -> jax.Array:
-    batch, mel_frames, _ = mel.shape
-    if mel_frames % MEL_FRAMES_PER_FRAME:
-      raise ValueError(f"mel has {mel_frames} rows, not a multiple of {MEL_FRAMES_PER_FRAME}")
-    frames = mel_frames // MEL_FRAMES_PER_FRAME
-    if frames > self.max_frames:
-      raise ValueError(f"{frames} frames exceed max_frames={self.max_frames}")
-
-    def conv(x, kernel, stride, name):
-      # Replicated weights (small: k x D x D): with them sharded ('embed', 'mlp'), XLA's CPU
-      # SPMD partitioner computed wrong gradients for the first conv (jax 0.10.2; measured
-      # against one device by tests/test_train_prior.py).
-      return nn.gelu(nn.Conv(
-          self.features, (kernel,), strides=(stride,), padding="SAME", dtype=self.dtype,
-          param_dtype=self.param_dtype, name=name,
-          kernel_init=_init(nn.initializers.lecun_normal(), None, None, None),
-          bias_init=_init(nn.initializers.zeros_init(), None))(x))
-
-    x = ((mel.astype(jnp.float32) - self.mel_mean) / self.mel_std).astype(self.dtype)
-    x = conv(x, 5, 1, "conv")  # [B, 4T, D]
-    x = conv(x, 4, 2, "down0")  # [B, 2T, D]
-    x = conv(x, 4, 2, "down1")  # [B, T, D]
-    pos = self.param("pos", _init(nn.initializers.normal(0.02), None, "embed"),
-                     (self.max_frames, self.features), self.param_dtype)
-    x = x + pos[:frames].astype(self.dtype)
-    return transformer.Transformer(
-        self.num_layers, self.features, self.num_heads, self.head_dim, self.mlp_dim,
-        dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
-        name="transformer")(x, deterministic=deterministic)
-
-
-class StyleEncoder(nn.Module):
-  """A clip's codes [B, T, gh, gw, K] -> (mu, log_sigma), each float32 [B, style_dim].
-
-  Each frame is embedded as a whole (flattened positions, so layout such as camera offset and
-  zoom is visible), passed through an MLP, then averaged over time: the average keeps what is
-  constant over the clip and washes out per-frame detail like mouth shape.
-  """
-  num_codes: int  # codebook size per head
-  code_heads: int  # Memcodes heads K
-  style_dim: int = 16  # latent width
-  embed_dim: int = 16  # per-position code embedding width
-  hidden: int = 256  # MLP width
-  dtype: Dtype = jnp.float32  # compute dtype
-  param_dtype: Dtype = jnp.float32  # parameter dtype
-
-  @nn.compact
-  def __call__(self, codes: jax.Array) -> tuple[jax.Array, jax.Array]:
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    batch, frames = codes.shape[:2]
-    x = FrameEmbed(self.num_codes, self.code_heads, self.embed_dim, self.param_dtype,
-                   name="embed")(codes)  # [B, T, P, e]
-    x = x.reshape(batch, frames, -1).astype(self.dtype)  # [B, T, P*e]
-    x = nn.gelu(_dense(self.hidden, ("mlp", "embed"), name="in", use_bias=True, **kw)(x))
-    x = nn.gelu(_dense(self.hidden, ("embed", "mlp"), name="hidden", use_bias=True, **kw)(x))
-    x = jnp.mean(x, axis=1)  # [B, hidden]
-    # Zero-initialised: the posterior starts at N(0, I), where the KL is zero.
-    out = _dense(2 * self.style_dim, ("embed", None), name="out", use_bias=True,
-                 kernel_init=nn.initializers.zeros_init(), **kw)(x)
-    mu, log_sigma = jnp.split(out.astype(jnp.float32), 2, axis=-1)
-    return mu, log_sigma
 
 
 class Prior(nn.Module):
@@ -227,7 +102,7 @@ class Prior(nn.Module):
   stale_frame_rate: float = 0.0
   # Training only: a window's audio features are replaced by a learned null feature with this
   # probability (rng stream 'dropout'), so one model is both p(codes | audio) and p(codes | no
-  # audio), the pair that classifier-free guidance (Ho & Salimans 2022; `nwt_jax.sampling`'s
+  # audio), the pair that classifier-free guidance (Ho & Salimans 2022; `nwt_jax.inference.sampling`'s
   # audio_guidance) contrasts at sampling time to strengthen what the audio changes: the mouth.
   audio_dropout: float = 0.0
   # Most codes repeat the previous frame's (86% of the mouth-region codes of the `tiny` dVAE).
@@ -279,32 +154,32 @@ class Prior(nn.Module):
     self.style_encoder = StyleEncoder(self.num_codes, self.code_heads, self.style_dim,
                                       self.code_embed_dim, self.style_hidden, **kw)
     if self.has_null_audio:
-      self.null_audio = self.param("null_audio", _init(nn.initializers.normal(0.02), "embed"),
+      self.null_audio = self.param("null_audio", partitioned(nn.initializers.normal(0.02), "embed"),
                                    (d,), self.param_dtype)
     self.episode_embed = nn.Embed(
         self.num_episodes, d, param_dtype=self.param_dtype,
-        embedding_init=_init(nn.initializers.normal(1.0), None, "embed"))
-    self.audio_proj = _dense(d, ("embed", "mlp"), name="audio_proj", **kw)
-    self.style_proj = _dense(d, (None, "embed"), name="style_proj", **kw)
-    self.time_pos = self.param("time_pos", _init(nn.initializers.normal(0.02), None, "embed"),
+        embedding_init=partitioned(nn.initializers.normal(1.0), None, "embed"))
+    self.audio_proj = dense(d, ("embed", "mlp"), name="audio_proj", **kw)
+    self.style_proj = dense(d, (None, "embed"), name="style_proj", **kw)
+    self.time_pos = self.param("time_pos", partitioned(nn.initializers.normal(0.02), None, "embed"),
                                (self.max_frames, d), self.param_dtype)
     self.frame_embed = FrameEmbed(self.num_codes, self.code_heads, e, self.param_dtype)
-    self.bos_frame = self.param("bos_frame", _init(nn.initializers.normal(1.0), None, "embed"),
+    self.bos_frame = self.param("bos_frame", partitioned(nn.initializers.normal(1.0), None, "embed"),
                                 (p, e), self.param_dtype)
-    self.frame_summary = _dense(d, ("mlp", "embed"), name="frame_summary", **kw)
+    self.frame_summary = dense(d, ("mlp", "embed"), name="frame_summary", **kw)
     self.temporal = transformer.Transformer(self.temporal_layers, d, cross_attention=True,
                                             **stack)
     self.spatial_pos = self.param("spatial_pos",
-                                  _init(nn.initializers.normal(0.02), None, "embed"),
+                                  partitioned(nn.initializers.normal(0.02), None, "embed"),
                                   (p // s**2, d), self.param_dtype)
     # Not flattened: flattening the moved-axis patches [B, T, P', S*S*e] got wrong gradients
     # from XLA's SPMD partitioner (jax 0.10, 2x2x2 mesh, MAR with change weighting: 1 vs 8
-    # devices in tests/test_train_prior.py); this projection is small.
-    self.prev_proj = _dense(d, (None, "embed"), name="prev_proj", flat=False, **kw)
+    # devices in tests/integration/test_train_prior.py); this projection is small.
+    self.prev_proj = dense(d, (None, "embed"), name="prev_proj", flat=False, **kw)
     if self.cond_skip:
-      self.cond_proj = _dense(d, ("embed", "mlp"), name="cond_proj", **kw)
+      self.cond_proj = dense(d, ("embed", "mlp"), name="cond_proj", **kw)
     if self.spatial_film:
-      self.film = _dense(d, ("embed", "mlp"), name="film", kernel_init=nn.initializers.zeros_init(),
+      self.film = dense(d, ("embed", "mlp"), name="film", kernel_init=nn.initializers.zeros_init(),
                          **kw)
     if self.spatial_layers:
       self.spatial = transformer.Transformer(self.spatial_layers, d, **stack)
@@ -312,21 +187,21 @@ class Prior(nn.Module):
       self.head_norm = transformer.layer_norm("head_norm", self.param_dtype)
       # [d, S*S*K, V]: fan-in d (a patch's cells x heads are a batch of independent outputs).
       self.head = self.param(
-          "head", _init(nn.initializers.lecun_normal(0, -1, (1,)), "embed", None, "vocab"),
+          "head", partitioned(nn.initializers.lecun_normal(0, -1, (1,)), "embed", None, "vocab"),
           (d, s * s * self.code_heads, self.num_codes), self.param_dtype)
       if self.copy_gate:
-        self.copy = _dense(s * s * self.code_heads, ("embed", None), name="copy", use_bias=True,
+        self.copy = dense(s * s * self.code_heads, ("embed", None), name="copy", use_bias=True,
                            kernel_init=nn.initializers.zeros_init(), **kw)
     else:
       dd = self.depth_dim
-      self.depth_in = _dense(s * s * dd, ("embed", "mlp"), name="depth_in", **kw)
-      self.depth_pos = self.param("depth_pos", _init(nn.initializers.normal(0.02), None, "embed"),
+      self.depth_in = dense(s * s * dd, ("embed", "mlp"), name="depth_in", **kw)
+      self.depth_pos = self.param("depth_pos", partitioned(nn.initializers.normal(0.02), None, "embed"),
                                   (self.codes_per_frame, dd), self.param_dtype)
       # Row k * num_codes + c: code c of head k as the previous token; `depth_bos` before code 0.
       self.depth_token = nn.Embed(
           self.code_heads * self.num_codes, dd, param_dtype=self.param_dtype,
-          embedding_init=_init(nn.initializers.normal(1.0), "vocab", "embed"))
-      self.depth_bos = self.param("depth_bos", _init(nn.initializers.normal(1.0), "embed"),
+          embedding_init=partitioned(nn.initializers.normal(1.0), "vocab", "embed"))
+      self.depth_bos = self.param("depth_bos", partitioned(nn.initializers.normal(1.0), "embed"),
                                   (dd,), self.param_dtype)
       if self.grid[0] % max(self.depth_window_rows, 1):
         raise ValueError(f"depth_window_rows={self.depth_window_rows} must divide the grid's "
@@ -335,13 +210,13 @@ class Prior(nn.Module):
           self.depth_layers, dd, self.num_heads, dd // self.num_heads, 4 * dd,
           dropout_rate=self.dropout_rate, local_block=self.depth_block, **kw)
       self.depth_head = self.param(  # [K, dd, V]: one output layer per head
-          "depth_head", _init(nn.initializers.lecun_normal(1, 2, (0,)), None, "embed", "vocab"),
+          "depth_head", partitioned(nn.initializers.lecun_normal(1, 2, (0,)), None, "embed", "vocab"),
           (self.code_heads, dd, self.num_codes), self.param_dtype)
       if self.copy_gate:  # [K, dd] + [K]: one gate per head, as the output layer
-        self.depth_copy = self.param("depth_copy", _init(nn.initializers.zeros_init(), None,
+        self.depth_copy = self.param("depth_copy", partitioned(nn.initializers.zeros_init(), None,
                                                          "embed"), (self.code_heads, dd),
                                      self.param_dtype)
-        self.depth_copy_bias = self.param("depth_copy_bias", _init(
+        self.depth_copy_bias = self.param("depth_copy_bias", partitioned(
             nn.initializers.zeros_init(), None), (self.code_heads,), self.param_dtype)
 
   # --- conditioning ----------------------------------------------------------------------------
@@ -494,7 +369,7 @@ class Prior(nn.Module):
     of them."""
     source = self._previous_frame_sources(codes.shape[0], codes.shape[1], train)
     if source is None:
-      return losses.previous_frame_codes(codes)
+      return previous_frame_codes(codes)
     padded = jnp.concatenate([jnp.full_like(codes[:, :1], -1), codes], axis=1)
     return jnp.take_along_axis(padded, (source + 1)[:, :, None, None, None], axis=1)
 
@@ -548,7 +423,7 @@ class Prior(nn.Module):
                                   drop_audio=drop_audio)
     prev_codes = self._previous_codes(codes, train)  # [B, T, gh, gw, K]
     logits = self._decode(codes, prev_codes, context, deterministic)
-    kl = jnp.mean(losses.gaussian_kl(mu, log_sigma))
+    kl = jnp.mean(gaussian_kl(mu, log_sigma))
     return logits, {"kl": kl, "mu": mu, "log_sigma": log_sigma, "z": z,
                     "prev_codes": prev_codes}
 
@@ -628,3 +503,8 @@ class Prior(nn.Module):
 def num_params(params: Any) -> int:
   """Total parameter count of a (possibly boxed or abstract) parameter tree."""
   return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(params)))
+
+
+def previous_frame_codes(codes: jax.Array) -> jax.Array:
+  """Codes [B, T, ...] -> the codes of the frame before each, [B, T, ...] (-1 at frame 0)."""
+  return jnp.concatenate([jnp.full_like(codes[:, :1], -1), codes[:, :-1]], axis=1)

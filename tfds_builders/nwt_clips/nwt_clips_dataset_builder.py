@@ -1,8 +1,8 @@
 """nwt_clips: talking-head clips (frames + 24 kHz audio + episode label) for nwt_jax (DESIGN §3).
 
 Configs:
-  synthetic (default): clips of `nwt_jax.synthetic`, a deterministic function of seeds; train and
-    validation use disjoint seeds (`nwt_jax.input_pipeline.synthetic_clip_seed`), so the in-memory
+  synthetic (default): clips of `nwt_jax.data.synthetic`, a deterministic function of seeds; train and
+    validation use disjoint seeds (`nwt_jax.data.input_pipeline.synthetic_clip_seed`), so the in-memory
     `synthetic_inline` source yields the very same clips.
   folder: `<manual_dir>/<episode_name>/*.mp4|*.mov|*.mkv|*.webm` of any size, frame rate, sample
     rate and channel count -> 30 fps, 24 kHz mono, centre-cropped, resized, cut into clips of
@@ -16,7 +16,7 @@ Other sizes without code changes: `--config='{"name": "synthetic_t8", "num_frame
 by Apache Beam (one element per clip seed or per video file); otherwise by a plain generator.
 
 Written as ArrayRecord by default (random access, which exact resume and per-process reading in
-`nwt_jax.input_pipeline` need); `--file_format=tfrecord` still works for tf.data readers.
+`nwt_jax.data.input_pipeline` need); `--file_format=tfrecord` still works for tf.data readers.
 """
 
 import collections
@@ -31,9 +31,9 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from nwt_jax import input_pipeline
-from nwt_jax import synthetic
-from nwt_jax import video_io
+from nwt_jax.data import input_pipeline
+from nwt_jax.data import synthetic
+from nwt_jax.data import video_io
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
 FPS = synthetic.FPS

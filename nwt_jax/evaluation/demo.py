@@ -1,0 +1,337 @@
+"""The demo on the built-in synthetic world (`python -m nwt_jax.demo`, `make demo`), as a library.
+
+    python -m nwt_jax.demo --workdir=runs/demo
+
+It chains the commands a user runs (README), each as its own process, then measures the result:
+  data      build the `nwt_clips` synthetic TFDS dataset into WORKDIR/tfds, print its summary;
+  dvae      python -m nwt_jax.train --config=configs/dvae.py:tiny   (on that dataset);
+  tokenize  python -m nwt_jax.tokenize                              (frozen dVAE -> codes);
+  prior     python -m nwt_jax.train --config=configs/prior.py:tiny,far;
+  generate  python -m nwt_jax.generate on a held-out clip's audio with an episode switch;
+  evaluate  the probe (trained once, checked against its r >= 0.95 bar) reads held-out generated
+            videos: lipsync, style and episode control, traversals; dVAE PSNR/SSIM and codes;
+  report    WORKDIR/report.html: sample videos, a reconstruction grid, a traversal grid, training
+            curves and the metrics table with their bars.
+A rerun resumes: finished training runs and tokens are kept, the rest is redone.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import wave
+
+from absl import logging
+import numpy as np
+
+from nwt_jax import errors
+from nwt_jax.data import constants
+from nwt_jax.data import synthetic
+from nwt_jax.data import video_io
+from nwt_jax.evaluation import jobs
+from nwt_jax.evaluation import report
+from nwt_jax.inference import generator
+from nwt_jax.inference import sampling
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+DEMO_FRAME_SIZE = (64, 56)  # (H, W) of the demo's clips: the `tiny` dVAE's frames
+CURVES = {
+    "dvae": ("train/loss", "train/l1", "eval/psnr", "eval/ssim", "eval/usage_min",
+             "eval/mouth_r"),
+    "prior": ("train/loss", "eval/nll", "eval/mouth_change_p", "eval/audio_gap",
+              "eval/mouth_audio_gap", "eval/style_gap"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the demo trains and how it samples (the CLI's flags)."""
+  workdir: str = "runs/demo"  # where the dataset, runs and report go
+  num_train_clips: int = 384  # synthetic clips in the train split
+  num_validation_clips: int = 64  # synthetic clips in the validation split
+  num_frames: int = 32  # frames per clip (30 fps)
+  dvae_steps: int = 400  # dVAE training steps (the demo stops before the adversarial phase)
+  prior_steps: int = 600  # prior training steps
+  prior_preset: str = "tiny,far"  # configs/prior.py preset
+  eval_clips: int = 16  # held-out clips the evaluation generates
+  eval_frames: int = 64  # frames per held-out clip (two prior windows)
+  options: sampling.SamplingOptions = sampling.SamplingOptions(
+      temperature=0.7, audio_guidance=3.0, change_threshold=0.2)
+  opening: str = "bank"  # a fresh window's first frame (Generator)
+  seed: int = 0  # sampling seed
+
+
+def _nwt_clips():
+  """The `nwt_clips` builder module from the repository's tfds_builders/ (not a pip package)."""
+  builders = REPO / "tfds_builders"
+  if not (builders / "nwt_clips").is_dir():
+    raise errors.MissingInput(f"{builders}/nwt_clips not found; run the demo from a clone of "
+                              "the repository (pip install -e .).")
+  sys.path.insert(0, str(builders))
+  from nwt_clips import nwt_clips_dataset_builder  # pylint: disable=g-import-not-at-top
+  return nwt_clips_dataset_builder
+
+
+def dataset_builder(data_dir: pathlib.Path, *, num_train_clips: int, num_validation_clips: int,
+                    num_frames: int):
+  """The `nwt_clips` builder of the demo's synthetic dataset of these sizes in `data_dir`."""
+  nwt_clips = _nwt_clips()
+  # The sizes are in the config's name: TFDS takes a built name as done, whatever its sizes.
+  config = nwt_clips.NwtClipsConfig(
+      name=f"demo_t{num_frames}_{num_train_clips}_{num_validation_clips}",
+      num_frames=num_frames, num_train_clips=num_train_clips,
+      num_validation_clips=num_validation_clips, height=DEMO_FRAME_SIZE[0],
+      width=DEMO_FRAME_SIZE[1], description="The demo's synthetic talking-head clips.")
+  return nwt_clips.Builder(config=config, data_dir=str(data_dir))
+
+
+def build_dataset(data_dir: pathlib.Path, **sizes) -> dict:
+  """Builds (or finds already built) the synthetic dataset; returns its summary."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (GPU machines lack it)
+  builder = dataset_builder(data_dir, **sizes)
+  name = builder.builder_config.name
+  start = time.perf_counter()
+  built_now = not builder.is_prepared()
+  if built_now:
+    logging.info("Building nwt_clips/%s into %s ...", name, data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
+  info = builder.info
+  video = info.features["video"]
+  return {
+      "dataset": f"nwt_clips/{name}",
+      "data_dir": str(data_dir),
+      "built_now": built_now,
+      "seconds": round(time.perf_counter() - start, 1),
+      "splits": {split: info.splits[split].num_examples for split in info.splits},
+      "clip_shape": list(video.shape),
+      "fps": constants.FPS,
+      "audio_sample_rate": info.features["audio"].sample_rate,
+      "episodes": info.features["episode"].num_classes,
+      "bytes": info.dataset_size,
+      "truth": list(synthetic.TRUTH_KEYS),
+  }
+
+
+def _run(stage: str, args: list[str], log_path: pathlib.Path) -> float:
+  """Runs `python -m ARGS` (its output streamed and kept in log_path); returns its seconds."""
+  print(f"\n=== {stage}: python -m {' '.join(args)}", flush=True)
+  start = time.perf_counter()
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+      log.write(line)
+      if _worth_showing(line):
+        print(line.rstrip(), flush=True)
+    if proc.wait():
+      raise errors.UserError(f"the {stage} stage failed (exit {proc.returncode}); its log is "
+                             f"{log_path}")
+  seconds = time.perf_counter() - start
+  print(f"=== {stage}: {seconds:.0f} s", flush=True)
+  return seconds
+
+
+def _start_probe(workdir: pathlib.Path, height: int, width: int) -> subprocess.Popen | None:
+  """Trains the evaluation probe in a background process at low priority (nice 10) while the
+  tokenizer and the prior run: they leave part of the CPU idle, and the probe needs none of their
+  outputs. None if the probe is already saved. Its log is workdir/probe.log."""
+  path = workdir / "probe.npz"
+  if path.exists():
+    return None
+  code = ("import os; os.nice(10); from nwt_jax import evaluate; "
+          f"jobs.load_or_train_probe({str(path)!r}, {height}, {width})")
+  print(f"\n=== probe: training in the background (log: {workdir / 'probe.log'})", flush=True)
+  with open(workdir / "probe.log", "w") as log:
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def _wait_for_probe(proc: subprocess.Popen | None, workdir: pathlib.Path) -> None:
+  """Waits for `_start_probe`'s process; if it failed, the evaluation trains the probe itself."""
+  if proc is not None and proc.wait():
+    print(f"warning: the background probe failed (exit {proc.returncode}; see "
+          f"{workdir / 'probe.log'}); the evaluation trains it again", flush=True)
+
+
+def _worth_showing(line: str) -> bool:
+  """Progress, eval and error lines; not TF/absl start-up chatter."""
+  keep = ("steps/s", "eval", "Resumed", "error", "Error", "Wrote", "probe", "Done", "shards")
+  return any(k in line for k in keep) and "WARNING: All log messages" not in line
+
+
+def _train_args(config: str, workdir: pathlib.Path, overrides: dict) -> list[str]:
+  return (["nwt_jax.train", f"--config={config}", f"--workdir={workdir}"]
+          + [f"--config.{k}={v}" for k, v in overrides.items()])
+
+
+def _write_clip_audio(path: pathlib.Path, clip: dict) -> None:
+  """A held-out clip's audio as a 24 kHz mono wav (what a user would pass to generate)."""
+  with wave.open(str(path), "wb") as f:
+    f.setnchannels(1)
+    f.setsampwidth(2)
+    f.setframerate(constants.SAMPLE_RATE)
+    f.writeframes(clip["audio"].astype("<i2").tobytes())
+
+
+def _bars(metrics: dict) -> list[dict]:
+  """The metrics table: value, bar and pass/fail for every measured bar of the issues."""
+  rows = []
+
+  def row(name, value, bar=None, ok=None, fmt="{:.3f}"):
+    status = "" if ok is None else ("pass" if ok else "fail")
+    rows.append({"name": name, "value": fmt.format(value), "bar": bar or "", "status": status})
+
+  m = metrics
+  row("dVAE PSNR (dB, held-out)", m["psnr"], ">= 26", m["psnr"] >= 26, "{:.2f}")
+  row("dVAE SSIM", m["ssim"])
+  row("codes in use, least-used head", m["code_usage_min"], ">= 0.5", m["code_usage_min"] >= 0.5)
+  row("mouth recoverable from reconstructions (r)", m["mouth_recoverability_r"], ">= 0.9",
+      m["mouth_recoverability_r"] >= 0.9)
+  row("lipsync r (copied style)", m["lipsync_r"], ">= 0.6", m["lipsync_r"] >= 0.6)
+  row("lipsync r, shuffled-audio control", m["lipsync_shuffled_r"], "|r| <= 0.15",
+      abs(m["lipsync_shuffled_r"]) <= 0.15)
+  row("best audio-video offset (frames)", m["lipsync_best_offset"], "0",
+      m["lipsync_best_offset"] == 0, "{:d}")
+  row("lipsync r (random style)", m["lipsync_r_random_style"])
+  row("episode accuracy", m["episode_accuracy"], ">= 0.9", m["episode_accuracy"] >= 0.9)
+  row("episode accuracy within 1 s after a switch", m["episode_accuracy_after_switch"],
+      ">= 0.9", m["episode_accuracy_after_switch"] >= 0.9)
+  row("style error, copied style (cam x/y, zoom)", m["style_error_copied"],
+      "<= 0.5 x random", m["style_error_copied"] <= 0.5 * m["style_error_random"])
+  row("style error, random style", m["style_error_random"])
+  row(f"traversal: dim {m['traversal_best_dim']} moves {m['traversal_best_controls']} "
+      "(Spearman)", m["traversal_best_spearman"])
+  return rows
+
+
+def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: int,
+                        options: sampling.SamplingOptions, timings: dict, opening: str = "bank",
+                        seed: int = 0, prior_preset: str = "tiny,far"):
+  """The evaluate and report stages (in this process; options: `sampling.SamplingOptions`):
+  returns the metrics."""
+
+  print("\n=== evaluate", flush=True)
+  start = time.perf_counter()
+  models = generator.load_models(str(workdir / "dvae"), str(workdir / "prior"))
+  height, width = models.frame_size
+  probe = jobs.load_or_train_probe(str(workdir / "probe.npz"), height, width)
+  clips = jobs.heldout_clips(num_clips, num_frames, height, width,
+                                 models.prior.num_episodes)
+  metrics, recon = jobs.evaluate_reconstruction(models, clips, probe=probe)
+  generation, samples = jobs.evaluate_generation(models, probe, clips, options=options,
+                                                    opening=opening, seed=seed)
+  metrics.update(generation)
+  timings["evaluate"] = time.perf_counter() - start
+
+  site = workdir / "report"
+  site.mkdir(exist_ok=True)
+  audio = clips[0]["audio"]
+  videos = []
+  for name, caption, frames in [
+      ("copied_style.mp4", "held-out audio, style copied from the clip", samples["copied"][0]),
+      ("random_style.mp4", "the same audio, style z ~ N(0, I)", samples["random"][0]),
+      ("episode_switch.mp4", f"episode {samples['own_episode'][0, 0]} -> "
+       f"{samples['switched_episode'][0, -1]} at {num_frames // 2 / constants.FPS:.2f} s",
+       samples["switched"][0])]:
+    video_io.write_video(str(site / name), frames, fps=constants.FPS, audio=audio)
+    videos.append((caption, name))
+  trav = samples["traversal"]  # [5, T, H, W, 3]
+  video_io.write_video(str(site / "traversal.mp4"), generator.tile(trav), fps=constants.FPS,
+                       audio=audio[:trav.shape[1] * constants.SAMPLES_PER_FRAME])
+  videos.append((f"traversal of style dim {metrics['traversal_best_dim']}: -2..2 sigma",
+                 "traversal.mp4"))
+  if (workdir / "generated.mp4").exists():
+    os.replace(workdir / "generated.mp4", site / "generated.mp4")
+  if (site / "generated.mp4").exists():
+    videos.append(("python -m nwt_jax.generate on a held-out wav, --episode_schedule",
+                   "generated.mp4"))
+
+  originals = np.stack([c["video"][::8][:8] for c in clips[:4]])
+  recon_rows = recon[:4, ::8][:, :8]
+  report.save_png(str(site / "reconstructions.png"),
+                  report.grid([f for pair in zip(originals, recon_rows) for f in pair]))
+  report.save_png(str(site / "traversal.png"), report.grid(list(trav[:, ::4][:, :8])))
+  images = [("held-out frames (odd rows) and their dVAE reconstructions (even rows)",
+             "reconstructions.png"),
+            (f"traversal of style dim {metrics['traversal_best_dim']} (rows: -2..2 sigma)",
+             "traversal.png")]
+  for stage, tags in CURVES.items():
+    scalars = report.read_scalars(str(workdir / stage))
+    curves = {tag: scalars[tag] for tag in tags if tag in scalars}
+    if curves:
+      report.plot_curves(str(site / f"{stage}_curves.png"), curves, title=f"{stage} training")
+      images.append((f"{stage} training curves", f"{stage}_curves.png"))
+
+  table = _bars(metrics)
+  report.write_html(
+      str(site / "report.html"), title="nwt_jax demo: the synthetic world",
+      intro=(f"A tiny dVAE and a {prior_preset} prior trained on this machine "
+             f"({os.cpu_count()} CPU cores), evaluated on {num_clips} held-out clips of "
+             f"{num_frames} frames by a probe that reads the truth back from frames."),
+      metrics=table, videos=videos, images=images,
+      details={"metrics": metrics, "seconds": timings})
+  (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+  return metrics, table
+
+
+def run(s: Settings) -> dict:
+  """Every stage (each finished one is kept on a rerun); prints the bar table and returns the
+  metrics."""
+  workdir = pathlib.Path(s.workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  timings, start = {}, time.perf_counter()
+  summary = build_dataset(workdir / "tfds", num_train_clips=s.num_train_clips,
+                          num_validation_clips=s.num_validation_clips,
+                          num_frames=s.num_frames)
+  timings["data"] = summary["seconds"]
+  (workdir / "dataset_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  print("Dataset summary:")
+  print(json.dumps(summary, indent=2))
+
+  data = {"data.source": "tfds", "data.data_dir": workdir / "tfds",
+          "data.tfds_name": summary["dataset"]}
+  timings["dvae"] = _run("dvae", _train_args(
+      "configs/dvae.py:tiny", workdir / "dvae",
+      {**data, "train.num_steps": s.dvae_steps}), workdir / "dvae.log")
+  probe = _start_probe(workdir, *DEMO_FRAME_SIZE)
+  timings["tokenize"] = _run("tokenize", [
+      "nwt_jax.tokenize", f"--dvae_workdir={workdir / 'dvae'}", f"--output={workdir / 'tokens'}",
+      "--source=tfds", f"--data_dir={workdir / 'tfds'}", f"--tfds_name={summary['dataset']}"],
+      workdir / "tokenize.log")
+  timings["prior"] = _run("prior", _train_args(
+      f"configs/prior.py:{s.prior_preset}", workdir / "prior",
+      {"dvae_workdir": workdir / "dvae", "data.tokens_dir": workdir / "tokens",
+       "train.num_steps": s.prior_steps}), workdir / "prior.log")
+
+  clip = jobs.heldout_clips(1, 120, *DEMO_FRAME_SIZE)[0]
+  _write_clip_audio(workdir / "heldout.wav", clip)
+  timings["generate"] = _run("generate", [
+      "nwt_jax.generate", f"--dvae_workdir={workdir / 'dvae'}",
+      f"--prior_workdir={workdir / 'prior'}", f"--audio={workdir / 'heldout.wav'}",
+      f"--output={workdir / 'generated.mp4'}",
+      f"--episode_schedule=0:{clip['episode']},2:{(clip['episode'] + 3) % 8}",
+      f"--temperature={s.options.temperature}", f"--top_k={s.options.top_k}",
+      f"--top_p={s.options.top_p}", f"--audio_guidance={s.options.audio_guidance}",
+      f"--change_threshold={s.options.change_threshold}", f"--opening={s.opening}",
+      f"--seed={s.seed}"],
+      workdir / "generate.log")
+
+  _wait_for_probe(probe, workdir)
+  metrics, table = evaluate_and_report(
+      workdir, num_clips=s.eval_clips, num_frames=s.eval_frames,
+      options=s.options, opening=s.opening, seed=s.seed,
+      timings=timings, prior_preset=s.prior_preset)
+  timings["total"] = time.perf_counter() - start
+  print("\n=== metrics (held-out synthetic clips)")
+  width = max(len(r["name"]) for r in table)
+  for r in table:
+    print(f"{r['name']:<{width}}  {r['value']:>8}  {r['bar']:<16} {r['status']}")
+  print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+  print(f"Report: {workdir / 'report' / 'report.html'}")
+  return metrics

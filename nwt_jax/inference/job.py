@@ -1,0 +1,80 @@
+"""One generation request end to end: audio file in, mp4 (H.264 with the input audio as AAC) out.
+
+Any audio ffmpeg reads (wav, mp3, flac, m4a, the audio track of a video; any sample rate or channel
+count) is resampled to 24 kHz mono; its log-mel drives the prior. The mp4 appears only when
+complete. Bad input raises `errors.GenerateError` (the CLI prints it as one `error:` line).
+"""
+
+import dataclasses
+import time
+from typing import Any
+
+from etils import epath
+import numpy as np
+
+from nwt_jax import errors
+from nwt_jax.data import audio as audio_lib
+from nwt_jax.data import constants
+from nwt_jax.data import video_io
+from nwt_jax.inference import controls
+from nwt_jax.inference import sampling
+from nwt_jax.inference.generator import Generator, Models, tile
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """What to generate (the CLI's flags)."""
+  audio: str  # input audio path (any format ffmpeg reads)
+  output: str  # output .mp4 path
+  episode: int = 0  # episode id for the whole video (unless episode_schedule)
+  episode_schedule: str = ""  # 'SECONDS:EPISODE,...' from 0
+  style: str = "random"  # 'random' | 'reference:PATH' | 'z:V1,V2,...'
+  traverse_dim: int = -1  # >= 0: a grid video of z[dim] moved by -2..2 prior sigmas
+  options: sampling.SamplingOptions = sampling.SamplingOptions()
+  seed: int = 0
+  opening: str = "bank"  # a fresh window's first frame: 'bank' | 'sample' (Generator)
+
+
+def load_audio(path: str) -> np.ndarray:
+  """Any audio ffmpeg reads -> float32 mono at 24 kHz, at least one video frame long."""
+  try:
+    with video_io.local_copy(path) as local:  # gs:// too
+      audio = video_io.read_audio(local, sample_rate=constants.SAMPLE_RATE)
+  except (video_io.VideoIOError, OSError) as e:
+    raise errors.GenerateError(f"cannot read audio: {e}") from None
+  if len(audio) < constants.SAMPLES_PER_FRAME:
+    raise errors.GenerateError(f"{path}: {len(audio) / constants.SAMPLE_RATE * 1000:.1f} ms of audio is shorter "
+                        f"than one video frame ({1000 / constants.FPS:.1f} ms)")
+  return audio
+
+
+def generate(models: Models, request: Request, *, progress: bool = False) -> dict[str, Any]:
+  """Runs one request end to end and writes `request.output`; returns what it measured."""
+  directory = epath.Path(request.output).parent  # (gs:// has no directories to check)
+  if not video_io.is_remote(request.output) and not directory.is_dir():
+    raise errors.GenerateError(f"--output {request.output}: directory {directory} does not exist")
+  models.check_compatible()
+  start = time.perf_counter()
+  audio = load_audio(request.audio)
+  mel, num_frames = audio_lib.frame_features(audio)
+  num_episodes = models.prior.num_episodes
+  if request.episode_schedule:
+    episodes = controls.parse_schedule(request.episode_schedule, num_frames, num_episodes)
+  else:
+    controls.check_episode(request.episode, num_episodes)
+    episodes = np.full(num_frames, request.episode, np.int32)
+  z = controls.style_latent(models, request.style, request.seed)[None]  # [1, style_dim]
+  if request.traverse_dim >= 0:
+    z = controls.traversal_latents(z[0], request.traverse_dim)  # [5, style_dim]
+  generator = Generator(models, request.options, batch=z.shape[0], opening=request.opening)
+  chunks = generator.stream(mel, episodes, z, request.seed, progress=progress)
+  # Each window's frames go to the encoder as they are rendered: memory stays flat with length.
+  frames = (tile(generator.frames(codes, episodes[first:first + codes.shape[1]]))
+            for first, codes in chunks)
+  video_io.write_video(request.output, frames, fps=constants.FPS,
+                       audio=audio[:num_frames * constants.SAMPLES_PER_FRAME], sample_rate=constants.SAMPLE_RATE)
+  seconds = time.perf_counter() - start
+  audio_seconds = num_frames / constants.FPS
+  return {"output": request.output, "frames": num_frames, "audio_seconds": audio_seconds,
+          "wall_seconds": seconds, "rtf": seconds / audio_seconds, "streams": int(z.shape[0]),
+          "episodes": episodes, "z": z}
