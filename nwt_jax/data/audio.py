@@ -1,8 +1,9 @@
 """Log-mel features: 80 bins, hop 200 at 24 kHz, so exactly 4 mel frames per 30 fps video frame.
 
 Written in numpy (not by calling librosa) because GPU machines and the in-memory synthetic source
-have no librosa; `tests/unit/data/test_audio.py` pins it to `librosa.feature.melspectrogram` with the same
-parameters. Audio file reading and resampling (librosa) live in `video_io.py`.
+have no librosa; `tests/unit/data/test_audio.py` pins it to `librosa.feature.melspectrogram`
+with the same parameters. Audio file reading and resampling (ffmpeg's soxr, as librosa's
+default) live in `video_io.py`.
 """
 
 import functools

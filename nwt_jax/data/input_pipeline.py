@@ -41,17 +41,24 @@ from nwt_jax.data import synthetic
 SPLITS = ("train", "validation")
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Every data option with its default; a config's `data` overrides any subset of these."""
+def batching_config(source: str, num_workers: int) -> ml_collections.ConfigDict:
+  """The options every data source shares (how examples are batched), with their defaults."""
   c = ml_collections.ConfigDict()
-  c.source = "synthetic_inline"  # 'tfds' (a built nwt_clips dataset) | 'synthetic_inline'
+  c.source = source  # where the examples come from
   c.batch_size = 16  # GLOBAL batch size (all processes together)
   c.frames_per_example = 0  # T': a window of T' consecutive frames per clip; 0 = whole clip
   c.shuffle = True  # train split: a new order every epoch, seeded by (seed, epoch)
   c.repeat = True  # train split: endless; the validation split is always one ordered pass
   c.drop_remainder = True  # one-pass iterators: drop the last partial batch (else pad + 'mask')
   c.prefetch = 2  # batches prepared ahead by a background thread
-  c.num_workers = 4  # threads decoding a batch's rows (decoders release the GIL)
+  c.num_workers = num_workers  # threads preparing a batch's rows (decoders release the GIL)
+  return c
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every data option with its default; a config's `data` overrides any subset of these."""
+  # source: 'tfds' (a built nwt_clips dataset) | 'synthetic_inline'
+  c = batching_config("synthetic_inline", num_workers=4)
   # source='tfds'
   c.data_dir = ""  # TFDS data_dir holding the build ('' = TFDS's default)
   c.tfds_name = "nwt_clips/synthetic"  # '<dataset>/<config>[:version]' as built by `tfds build`

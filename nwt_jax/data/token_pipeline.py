@@ -52,16 +52,8 @@ FIELDS = ("clip", "codes", "mel", "episode", "truth", "mouth")
 
 def default_config() -> ml_collections.ConfigDict:
   """Every option of the token data source with its default."""
-  c = ml_collections.ConfigDict()
-  c.source = "tokens"  # the only source of this module
+  c = input_pipeline.batching_config("tokens", num_workers=2)  # the only source of this module
   c.tokens_dir = ""  # output of `nwt_jax.tokenize` ('' = <dvae_workdir>/tokens, see tokens_dir())
-  c.batch_size = 16  # GLOBAL batch size (all processes together)
-  c.frames_per_example = 0  # T': a window of T' consecutive frames per clip; 0 = whole clip
-  c.shuffle = True  # train split: a new order every epoch, seeded by (seed, epoch)
-  c.repeat = True  # train split: endless; the validation split is always one ordered pass
-  c.drop_remainder = True  # one-pass iterators: drop the last partial batch (else pad + 'mask')
-  c.prefetch = 2  # batches prepared ahead by a background thread
-  c.num_workers = 2  # threads cutting a batch's windows
   return c
 
 

@@ -18,6 +18,7 @@ from nwt_jax.evaluation import probe as probe_lib
 from nwt_jax.inference import controls
 from nwt_jax.inference import sampling
 from nwt_jax.inference.generator import Generator
+from nwt_jax.models import dvae as dvae_lib
 from nwt_jax.runtime import compile_options
 
 TRUTH_KEYS = synthetic.TRUTH_KEYS
@@ -146,13 +147,14 @@ def evaluate_reconstruction(models, clips: list[dict], *,
   @functools.partial(jax.jit, compiler_options=compile_options.dvae())
   def roundtrip(frames, episode):
     indices = dvae.apply({"params": params}, frames, method=dvae.encode)
-    return indices, dvae.apply({"params": params}, indices, episode, method=dvae.decode)
+    recon = dvae.apply({"params": params}, indices, episode, method=dvae.decode)
+    return indices, dvae_lib.frames_to_uint8(recon)
 
   indices, recon = [], []
   for clip in clips:
     i, r = roundtrip(jnp.asarray(clip["video"]), jnp.full(len(clip["video"]), clip["episode"]))
     indices.append(np.asarray(i))
-    recon.append(np.round((np.clip(np.asarray(r), -1, 1) + 1) * 127.5).astype(np.uint8))
+    recon.append(np.asarray(r))
   originals = np.concatenate([c["video"] for c in clips])
   recon = np.stack(recon)
   usage = m.code_usage(np.concatenate(indices), dvae.num_codes)

@@ -196,7 +196,7 @@ def make_renderer(dvae: dvae_lib.DVAE):
   """(params, codes [N, gh, gw, K], episode [N]) -> uint8 frames [N, H, W, 3]."""
   def render(params, codes, episode):
     frames = dvae.apply({"params": params}, codes, episode, method=dvae.decode)
-    return jnp.round((jnp.clip(frames, -1, 1) + 1) * 127.5).astype(jnp.uint8)
+    return dvae_lib.frames_to_uint8(frames)
   return render
 
 

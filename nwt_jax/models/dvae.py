@@ -29,6 +29,11 @@ def frames_to_float(frames: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
   return frames.astype(dtype)
 
 
+def frames_to_uint8(frames: jax.Array) -> jax.Array:
+  """Frames in [-1, 1] (any float dtype; clipped) -> uint8 RGB in [0, 255], rounded."""
+  return jnp.round((jnp.clip(frames.astype(jnp.float32), -1, 1) + 1) * 127.5).astype(jnp.uint8)
+
+
 class Encoder(nn.Module):
   """Frames [N, H, W, 3] in [-1, 1] -> features [N, H / f, W / f, dim], f = 2**(levels - 1).
 

@@ -18,7 +18,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def media_in_browser(page) -> list[dict]:
   """Loads `page` in headless Chromium and returns the page's own media check."""
   if CHROMIUM is None:
-    pytest.fail("chromium is not installed: .ci/run installs Debian's chromium package")
+    pytest.fail("chromium is not installed: `make test` installs Debian's chromium package "
+                "(tools/install_chromium.sh)")
   proc = subprocess.run(
       [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
        "--no-first-run", "--disable-background-networking", "--disable-component-update",
