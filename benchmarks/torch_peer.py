@@ -865,7 +865,7 @@ class PriorTrainStep:
     norm = torch.nn.utils.clip_grad_norm_(self.params, o.clip_norm)
     if bool(torch.isfinite(loss + norm)):
       _set_lr(self.opt, warmup_cosine(self.step, o.lr, o.warmup_steps, o.decay_steps,
-                                      o.lr * o.end_lr_ratio))
+                                      o.lr * o.end_lr_factor))
       self.opt.step()
     self.step += 1
     return {"loss": loss.detach(), **metrics, "grad_norm": norm}

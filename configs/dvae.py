@@ -4,7 +4,7 @@
     python -m nwt_jax.train --config=configs/dvae.py:paper_mem16 --workdir=runs/dvae_mem16 \\
         --config.data.source=tfds --config.data.data_dir=/data/tfds --config.mesh.fsdp=4
 
-Presets (one word, `configs/common.parse_arg`):
+Presets (one word, parsed by `nwt_jax.presets`):
   tiny         64x56 frames, x4 down-sampling to a 16x14 grid, small widths; trains on a CPU.
   base         (default) 128x112 frames, x8 to 16x14, dim 256: a single-accelerator run.
   paper_mem16  the paper's Mem16: 256x224 frames, x16 to 16x14, dim 512, 8 heads, 1024 codes.
@@ -16,7 +16,7 @@ can be overridden on the command line: `--config.optim.lr=3e-4`.
 
 import ml_collections
 
-from configs import common
+from nwt_jax import presets
 from nwt_jax.data import input_pipeline
 
 SIZES = ("base", "tiny", "paper_mem16", "paper_mem8")
@@ -143,24 +143,13 @@ def _base() -> ml_collections.ConfigDict:
   return c
 
 
-def _override(config: ml_collections.ConfigDict, changes: dict) -> None:
-  for section, fields in changes.items():
-    if isinstance(fields, dict):
-      for key, value in fields.items():
-        if key not in config[section]:
-          raise KeyError(f"preset sets unknown field {section}.{key}")
-        config[section][key] = value
-    else:
-      config[section] = fields
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The dVAE config for preset `arg` (one of SIZES; default 'base')."""
-  size = common.parse_arg(arg, size=SIZES).size
+  size = presets.parse(arg, size=SIZES).size
   config = _base()
   chain = [size]
   while chain[0] in PARENT:
     chain.insert(0, PARENT[chain[0]])
   for name in chain:
-    _override(config, PRESETS[name])
+    presets.override(config, PRESETS[name])
   return config

@@ -12,7 +12,7 @@ manifest.
 
 import ml_collections
 
-from configs import common
+from nwt_jax import presets
 
 SIZES = ("tiny", "base", "paper")
 DECODERS = ("far", "mar")
@@ -50,7 +50,7 @@ _SIZE_OVERRIDES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  choice = common.parse_arg(arg, size=SIZES, decoder=DECODERS)
+  choice = presets.parse(arg, size=SIZES, decoder=DECODERS)
   c = ml_collections.ConfigDict()
   c.model = "prior"  # nwt_jax.train dispatches to nwt_jax.training.prior
   c.seed = 0  # parameter init (seed), step randomness (seed + 1) and data order
@@ -111,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       warmup_steps=100,  # linear warm-up from 0
       decay_steps=2000,  # cosine decay length (fixed here, not train.num_steps, so resuming
                          # with a longer run does not change past steps' schedule)
-      end_lr_ratio=0.05,  # final learning rate / peak
+      end_lr_factor=0.05,  # cosine decays to this fraction of the peak at decay_steps
       b1=0.9,  # Adam beta1
       b2=0.98,  # Adam beta2
       weight_decay=0.01,  # decoupled weight decay (matrices only)
@@ -130,9 +130,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.debug = dict(nan_at_step=-1)  # fault injection: NaN loss at this step (-1 = never)
 
-  for field, value in _SIZE_OVERRIDES[choice.size].items():
-    if isinstance(value, dict):
-      c[field].update(value)
-    else:
-      c[field] = value
-  return c
+  return presets.override(c, _SIZE_OVERRIDES[choice.size])

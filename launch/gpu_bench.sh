@@ -5,10 +5,12 @@
 #
 #   launch/gpu_bench.sh [OUT_DIR]        # default bench_gpu/; a summary line per figure at the end
 #
-# Only jax/flax/optax/orbax/numpy/absl and ml_collections are needed; on a machine without
-# ml_collections (and PyYAML), install them beside the tree and put them on the path:
-#   pip install --no-deps --target .device_pkgs ml_collections pyyaml   # on a machine with PyPI
-#   PYTHONPATH=.device_pkgs launch/gpu_bench.sh
+# Runs from the repository root wherever it is called from (the workloads live in the clone's
+# benchmarks/ folder, which is not installed). Only jax/flax/optax/orbax/numpy/absl,
+# ml_collections and tqdm (the generator's progress bar) are needed; on a machine without
+# ml_collections (and PyYAML) or tqdm, install them beside the tree and put them on the path:
+#   pip install --no-deps --target .device_pkgs ml_collections pyyaml tqdm   # with PyPI access
+#   PYTHONPATH=$PWD/.device_pkgs launch/gpu_bench.sh
 # Settings (environment): DVAE (default configs/dvae.py:paper_mem8), PRIOR_SIZE (paper),
 # PRIOR_BATCH (16 clips: one GPU's share of the paper's 256), STEPS (30), LIMIT (seconds per
 # figure, 150), PYTHON (python3). A CPU dry run of the plumbing:
@@ -22,6 +24,8 @@ steps=${STEPS:-30}
 limit=${LIMIT:-150}
 python=${PYTHON:-python3}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)  # OUT_DIR is the caller's; the runs go from the repository root
+cd "$(dirname "$0")/.." || exit 1
 status=0
 
 figure() {  # NAME BENCH_FLAGS...: one bench run, its JSON line in OUT/NAME.json, its log beside it

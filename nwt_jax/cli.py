@@ -17,7 +17,7 @@ from absl import logging
 
 from nwt_jax import errors
 from nwt_jax.inference import sampling
-from nwt_jax.inference.generator import OPENINGS
+from nwt_jax.inference import settings
 from nwt_jax.runtime import host_malloc
 
 FLAGS = flags.FLAGS
@@ -29,7 +29,7 @@ def define_workdir_flags() -> None:
   flags.DEFINE_string("prior_workdir", None, "Workdir of the prior trained on that dVAE's codes.")
 
 
-def define_sampling_flags(**defaults) -> None:
+def define_sampling_flags(flag_values=FLAGS, **defaults) -> None:
   """The sampling flags of generate, evaluate and the demo, defined once (`defaults` overrides a
   default by flag name, e.g. the demo's)."""
   d = dict(temperature=1.0, top_k=0, top_p=1.0, audio_guidance=1.0, change_threshold=0.0,
@@ -38,28 +38,42 @@ def define_sampling_flags(**defaults) -> None:
   if unknown:
     raise ValueError(f"no sampling flag {sorted(unknown)}")
   d.update(defaults)
-  flags.DEFINE_float("temperature", d["temperature"], "Sampling temperature (0: greedy).")
-  flags.DEFINE_integer("top_k", d["top_k"], "Sample among the k most likely codes (0: all).")
-  flags.DEFINE_float("top_p", d["top_p"], "Nucleus sampling mass (1: all).")
+  flags.DEFINE_float("temperature", d["temperature"], "Sampling temperature (0: greedy).", flag_values=flag_values)
+  flags.DEFINE_integer("top_k", d["top_k"], "Sample among the k most likely codes (0: all).", flag_values=flag_values)
+  flags.DEFINE_float("top_p", d["top_p"], "Nucleus sampling mass (1: all).", flag_values=flag_values)
   flags.DEFINE_float("audio_guidance", d["audio_guidance"],
                      "Classifier-free audio guidance weight (1: off; > 1 needs a prior trained "
-                     "with prior.audio_dropout > 0).")
+                     "with prior.audio_dropout > 0).", flag_values=flag_values)
   flags.DEFINE_float("change_threshold", d["change_threshold"],
                      "FAR: a code keeps the previous frame's unless P(change) is above this "
-                     "(0: plain sampling).")
-  flags.DEFINE_enum("opening", d["opening"], list(OPENINGS),
+                     "(0: plain sampling).", flag_values=flag_values)
+  flags.DEFINE_enum("opening", d["opening"], list(sampling.OPENINGS),
                     "A FAR prior's first frame: the training frame it finds most likely there "
-                    "(bank; drawn if the prior's workdir has no frame bank) or drawn (sample).")
-  flags.DEFINE_integer("seed", d["seed"], "Sampling seed (and of --style=random).")
+                    "(bank; drawn if the prior's workdir has no frame bank) or drawn (sample).", flag_values=flag_values)
+  flags.DEFINE_integer("seed", d["seed"], "Sampling seed (and of --style=random).", flag_values=flag_values)
 
 
-def sampling_options() -> sampling.SamplingOptions:
-  """The SamplingOptions of the sampling flags (`define_sampling_flags`)."""
+def sampling_settings(prior_workdir: str | None = None, *, flag_values=FLAGS
+                      ) -> tuple[sampling.SamplingOptions, str]:
+  """(SamplingOptions, opening) of the sampling flags (`define_sampling_flags`). A flag not given
+  on the command line takes the value stored with the prior (`nwt_jax.inference.settings`), if
+  any, else its default; the line logged says which values came from where."""
+  stored = settings.load(prior_workdir) if prior_workdir else {}
+  values, sources = {}, {}
+  for key in settings.KEYS:
+    flag = flag_values[key]
+    if not flag.present and key in stored:
+      values[key], sources[key] = stored[key], "stored"
+    else:
+      values[key], sources[key] = flag.value, "flag" if flag.present else "default"
+  opening = values.pop("opening")
   try:
-    return sampling.SamplingOptions(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p,
-                                    FLAGS.audio_guidance, FLAGS.change_threshold)
+    options = sampling.SamplingOptions(**values)
   except ValueError as e:
     raise errors.InvalidInput(str(e)) from None
+  logging.info("sampling: %s", ", ".join(
+      f"{key} {values.get(key, opening)} ({sources[key]})" for key in settings.KEYS))
+  return options, opening
 
 
 def require(*names: str) -> None:

@@ -34,7 +34,7 @@ cli.define_sampling_flags(temperature=_OPTIONS.temperature, top_k=_OPTIONS.top_k
 
 
 def main() -> None:
-  options = cli.sampling_options()
+  options, opening = cli.sampling_settings()
   if "mar" in FLAGS.prior_preset.split(",") and not FLAGS["change_threshold"].present:
     # The change threshold is a FAR sampler's: a MAR prior draws each code in turn.
     options = dataclasses.replace(options, change_threshold=0.0)
@@ -43,7 +43,7 @@ def main() -> None:
       num_validation_clips=FLAGS.num_validation_clips, num_frames=FLAGS.num_frames,
       dvae_steps=FLAGS.dvae_steps, prior_steps=FLAGS.prior_steps,
       prior_preset=FLAGS.prior_preset, eval_clips=FLAGS.eval_clips,
-      eval_frames=FLAGS.eval_frames, options=options, opening=FLAGS.opening, seed=FLAGS.seed))
+      eval_frames=FLAGS.eval_frames, options=options, opening=opening, seed=FLAGS.seed))
 
 
 if __name__ == "__main__":

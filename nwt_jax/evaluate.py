@@ -39,9 +39,10 @@ def main() -> None:
   clips = jobs.heldout_clips(FLAGS.num_clips, FLAGS.num_frames, height, width,
                              models.prior.num_episodes, first=FLAGS.first_clip)
   metrics, _ = jobs.evaluate_reconstruction(models, clips, probe=probe)
+  options, opening = cli.sampling_settings(FLAGS.prior_workdir)
   generation, _ = jobs.evaluate_generation(
-      models, probe, clips, seed=FLAGS.seed, options=cli.sampling_options(),
-      opening=FLAGS.opening, independent_windows=FLAGS.independent_windows)
+      models, probe, clips, seed=FLAGS.seed, options=options, opening=opening,
+      independent_windows=FLAGS.independent_windows)
   metrics.update(generation)
   text = json.dumps(metrics, indent=2, default=float)
   print(text)

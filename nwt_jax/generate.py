@@ -31,10 +31,10 @@ cli.define_sampling_flags()
 
 def main() -> None:
   cli.require("dvae_workdir", "prior_workdir", "audio", "output")
-  request = job.Request(FLAGS.audio, FLAGS.output, FLAGS.episode, FLAGS.episode_schedule,
-                        FLAGS.style, FLAGS.traverse_dim, cli.sampling_options(), FLAGS.seed,
-                        FLAGS.opening)
   models = generator.load_models(FLAGS.dvae_workdir, FLAGS.prior_workdir)
+  options, opening = cli.sampling_settings(FLAGS.prior_workdir)
+  request = job.Request(FLAGS.audio, FLAGS.output, FLAGS.episode, FLAGS.episode_schedule,
+                        FLAGS.style, FLAGS.traverse_dim, options, FLAGS.seed, opening)
   result = job.generate(models, request, progress=True)
   print(f"Wrote {result['output']}: {result['frames']} frames, {result['audio_seconds']:.2f} s "
         f"of audio in {result['wall_seconds']:.2f} s (real-time factor "

@@ -39,7 +39,6 @@ flags.DEFINE_integer("process_count", None, "Processes (default: jax.process_cou
 
 
 def main() -> None:
-  cli.require("dvae_workdir")
   model, params, dvae_config = restore.dvae(FLAGS.dvae_workdir, FLAGS.step)
   step = FLAGS.step
   if step is None:
@@ -64,4 +63,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+  flags.mark_flags_as_required(["dvae_workdir"])
   cli.run(main)

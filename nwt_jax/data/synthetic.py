@@ -19,7 +19,9 @@ import dataclasses
 
 import numpy as np
 
-from nwt_jax.data.constants import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME  # pylint: disable=unused-import
+from nwt_jax.data.constants import FPS  # the clips' frame rate
+from nwt_jax.data.constants import SAMPLE_RATE  # the clips' audio rate
+from nwt_jax.data.constants import SAMPLES_PER_FRAME
 
 NUM_EPISODES = 8
 TRUTH_KEYS = ("mouth_open", "mouth_width", "cam_x", "cam_y", "zoom", "tilt", "blink")

@@ -35,6 +35,7 @@ from nwt_jax.evaluation import jobs
 from nwt_jax.evaluation import report
 from nwt_jax.inference import generator
 from nwt_jax.inference import sampling
+from nwt_jax.inference import settings
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -144,7 +145,7 @@ def _start_probe(workdir: pathlib.Path, height: int, width: int) -> subprocess.P
   path = workdir / "probe.npz"
   if path.exists():
     return None
-  code = ("import os; os.nice(10); from nwt_jax import evaluate; "
+  code = ("import os; os.nice(10); from nwt_jax.evaluation import jobs; "
           f"jobs.load_or_train_probe({str(path)!r}, {height}, {width})")
   print(f"\n=== probe: training in the background (log: {workdir / 'probe.log'})", flush=True)
   with open(workdir / "probe.log", "w") as log:
@@ -308,6 +309,9 @@ def run(s: Settings) -> dict:
       f"configs/prior.py:{s.prior_preset}", workdir / "prior",
       {"dvae_workdir": workdir / "dvae", "data.tokens_dir": workdir / "tokens",
        "train.num_steps": s.prior_steps}), workdir / "prior.log")
+  # The demo's sampling settings travel with its prior: generate and evaluate use them when no
+  # sampling flag is given.
+  print(f"Sampling settings stored in {settings.save(str(workdir / 'prior'), s.options, s.opening)}")
 
   clip = jobs.heldout_clips(1, 120, *DEMO_FRAME_SIZE)[0]
   _write_clip_audio(workdir / "heldout.wav", clip)

@@ -22,6 +22,7 @@ from nwt_jax.models import dvae as dvae_lib
 from nwt_jax.runtime import compile_options
 
 TRUTH_KEYS = synthetic.TRUTH_KEYS
+INTEGRITY_CAP_DB = 60.0  # per frame
 
 
 def heldout_clips(num_clips: int, num_frames: int, height: int, width: int,
@@ -42,6 +43,16 @@ def _readings(probe: probe_lib.Probe, frames: np.ndarray) -> list[dict[str, np.n
           for i in range(batch)]
 
 
+def _integrity(frames: np.ndarray, readings: list[dict[str, np.ndarray]]
+               ) -> tuple[float, list[float]]:
+  """Frame integrity of streams [B, T, H, W, 3] from their probe readings: (mean PSNR, per
+  second), each frame's PSNR capped at INTEGRITY_CAP_DB (a frame the renderer redraws exactly
+  would be +inf)."""
+  psnr = np.stack([m.integrity_psnr(f, r) for f, r in zip(frames, readings)])  # [B, T]
+  psnr = np.minimum(psnr, INTEGRITY_CAP_DB)
+  return float(psnr.mean()), m.per_second(psnr)
+
+
 def _mean_style_error(readings, clips) -> float:
   return float(np.mean([m.style_error(r, m.truth_dict(c["truth"]))["mean"]
                         for r, c in zip(readings, clips)]))
@@ -56,7 +67,7 @@ def evaluate_generation(models, probe: probe_lib.Probe, clips: list[dict], *, se
   copied-style videos with every window drawn afresh (no prompt from the previous window; the
   video jumps at each window's start): against `lipsync_r`, what continuing its own frames
   gains or loses. Returns (metrics, samples): samples holds the generated frames and their
-  requests, for the demo's report. `opening`: the generator's (`nwt_jax.inference.generator.Generator`)."""
+  requests, for the demo's report. `opening`: the `Generator`'s."""
   options = options or sampling.SamplingOptions()
   n, num_episodes = len(clips), models.prior.num_episodes
   mels = np.stack([audio_lib.frame_features(c["audio"].astype(np.float32) / 32768.0)[0]
@@ -85,6 +96,7 @@ def evaluate_generation(models, probe: probe_lib.Probe, clips: list[dict], *, se
   switched = run(copied_z, switched_episode, "episode switch")
 
   copied_r, random_r, switched_r = (_readings(probe, f) for f in (copied, randomized, switched))
+  integrity, integrity_by_second = _integrity(copied, copied_r)
   true_mouth = [c["truth"][:, TRUTH_KEYS.index("mouth_open")] for c in clips]
   sync = m.lipsync([r["mouth_open"] for r in copied_r], true_mouth)
   episodes = [m.episode_accuracy(r["episode_probs"], e) for r, e in zip(copied_r, own_episode)]
@@ -124,6 +136,7 @@ def evaluate_generation(models, probe: probe_lib.Probe, clips: list[dict], *, se
       "traversal_best_span": traversals[best_dim]["span"][traversals[best_dim]["controls"]],
       "traversal_mean_abs_spearman": float(np.nanmean(
           [abs(t["controls_spearman"]) for t in traversals])),
+      "integrity_psnr": integrity, "integrity_psnr_by_second": integrity_by_second,
       "num_clips": n, "num_frames": num_frames,
   }
   if independent_windows:
@@ -158,9 +171,11 @@ def evaluate_reconstruction(models, clips: list[dict], *,
   originals = np.concatenate([c["video"] for c in clips])
   recon = np.stack(recon)
   usage = m.code_usage(np.concatenate(indices), dvae.num_codes)
+  integrity = {}
   if probe is not None:
-    mouth = _readings(probe, recon)
-    measured = np.concatenate([m["mouth_open"] for m in mouth])
+    readings = _readings(probe, recon)
+    measured = np.concatenate([r["mouth_open"] for r in readings])
+    integrity = {"integrity_psnr_reconstruction": _integrity(recon, readings)[0]}
   else:
     measured = np.concatenate([m.mouth_area_ratio(r, c["truth"], c["episode"])
                                for r, c in zip(recon, clips)])
@@ -170,7 +185,7 @@ def evaluate_reconstruction(models, clips: list[dict], *,
           "code_usage_min": float(usage["usage"].min()),
           "code_usage_mean": float(usage["usage"].mean()),
           "code_perplexity_mean": float(usage["perplexity"].mean()),
-          "mouth_recoverability_r": m.pearson(measured, true_mouth)}, recon
+          "mouth_recoverability_r": m.pearson(measured, true_mouth), **integrity}, recon
 
 
 def load_or_train_probe(path: str, height: int, width: int, *, log=print) -> probe_lib.Probe:

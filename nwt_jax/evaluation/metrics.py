@@ -1,7 +1,7 @@
 """The metrics, as pure functions (numpy) over probe readings, frames and code indices.
 
-Readings are what `nwt_jax.evaluation.probe.probe_predict` returns: a dict of per-frame float arrays keyed by
-`synthetic.TRUTH_KEYS`, plus `episode_probs` [T, E] and `episode` [T].
+Readings are what `nwt_jax.evaluation.probe.probe_predict` returns: a dict of per-frame float
+arrays keyed by `synthetic.TRUTH_KEYS`, plus `episode_probs` [T, E] and `episode` [T].
 
 - lipsync: `lipsync` (r at offset 0, best audio-video offset) and `shuffled_lipsync` (the control:
   each clip's mouth against another clip's audio truth, ~0).
@@ -19,6 +19,7 @@ import numpy as np
 
 from nwt_jax.data import constants
 from nwt_jax.data import synthetic
+from nwt_jax.models import memcodes
 
 TRUTH_KEYS = synthetic.TRUTH_KEYS
 TRUTH_RANGES = synthetic.TRUTH_RANGES
@@ -231,16 +232,16 @@ def code_usage(indices: np.ndarray, num_codes: int) -> dict[str, np.ndarray]:
 
   Returns 'usage' [heads] (fraction of the num_codes codes used at least once) and 'perplexity'
   [heads] (exp of the entropy of the empirical code distribution: k when k codes are used
-  equally often, 1 when one code is used), as `memcodes.usage_stats` defines them.
+  equally often, 1 when one code is used): `memcodes.usage_stats`, the statistics training logs,
+  of counts taken here on the host.
   """
   indices = np.asarray(indices)
   flat = indices.reshape(-1, indices.shape[-1])
   if flat.size and (flat.min() < 0 or flat.max() >= num_codes):
     raise ValueError(f"indices must be in [0, {num_codes})")
   counts = np.stack([np.bincount(flat[:, h], minlength=num_codes) for h in range(flat.shape[1])])
-  probs = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-  entropy = -np.sum(np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1)), 0), axis=1)
-  return {"usage": (counts > 0).mean(axis=1), "perplexity": np.exp(entropy)}
+  stats = memcodes.usage_stats(counts.astype(np.float32))
+  return {key: np.asarray(value, np.float64) for key, value in stats.items()}
 
 
 def _darkness(frames: np.ndarray) -> np.ndarray:
@@ -269,3 +270,39 @@ def mouth_recoverability(measured: np.ndarray, truth: np.ndarray) -> float:
   """Pearson r between the mouth opening `measured` on reconstructions [T] (by the probe, or by
   `mouth_area_ratio`) and the truth [T, 7] of the frames they reconstruct."""
   return pearson(measured, np.asarray(truth)[:, TRUTH_KEYS.index("mouth_open")])
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame integrity: is each frame still a clean face?
+
+
+def frame_psnr(frames: np.ndarray, references: np.ndarray) -> np.ndarray:
+  """Per-frame PSNR in dB of uint8 frames [N, H, W, 3] against references of the same shape
+  (peak 255; identical frames give +inf)."""
+  frames, references = np.asarray(frames, np.float64), np.asarray(references, np.float64)
+  if frames.shape != references.shape:
+    raise ValueError(f"frames {frames.shape} and references {references.shape} differ")
+  mse = np.mean((frames - references) ** 2, axis=tuple(range(1, frames.ndim)))
+  with np.errstate(divide="ignore"):
+    return 10.0 * np.log10(255.0 ** 2 / mse)
+
+
+def integrity_psnr(frames: np.ndarray, readings: Mapping[str, np.ndarray]) -> np.ndarray:
+  """Per-frame PSNR between frames [N, H, W, 3] and the clean face the synthetic world draws from
+  the probe's reading of them (`readings`: probe_predict of these frames; values clipped to
+  TRUTH_RANGES). A frame with stray patches (a second mouth, a smeared jaw) has no truth that
+  draws it, so it scores low; a clean one scores as high as the probe and the renderer allow."""
+  frames = np.asarray(frames)
+  truth = np.stack([np.clip(readings[key], lo, hi)
+                    for key, (lo, hi) in zip(TRUTH_KEYS, TRUTH_RANGES)], axis=-1)
+  clean = synthetic.render_frames(truth, readings["episode"], *frames.shape[1:3])
+  return frame_psnr(frames, clean)
+
+
+def per_second(values: np.ndarray, *, fps: int = constants.FPS) -> list[float]:
+  """Means of per-frame values [..., T] over each whole or partial second of T (pooled over any
+  leading axes): a curve over time."""
+  values = np.asarray(values, np.float64)
+  values = values.reshape(-1, values.shape[-1])
+  return [float(np.mean(values[:, start:start + fps]))
+          for start in range(0, values.shape[1], fps)]

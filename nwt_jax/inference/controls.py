@@ -1,5 +1,5 @@
-"""The user's controls: the episode (one, or a schedule that switches mid-video) and the style latent
-(random, copied from a reference clip, given, or traversed along one dimension)."""
+"""The user's controls: the episode (one, or a schedule that switches mid-video) and the style
+latent (random, copied from a reference clip, given, or traversed along one dimension)."""
 
 import numpy as np
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ def parse_schedule(spec: str, num_frames: int, num_episodes: int) -> np.ndarray:
       episodes.append(int(episode))
     except ValueError:
       raise errors.GenerateError(f"--episode_schedule item {item!r} is not SECONDS:EPISODE "
-                          "(e.g. 0:3,4.5:5)") from None
+                                 "(e.g. 0:3,4.5:5)") from None
   if not times:
     raise errors.GenerateError(f"--episode_schedule {spec!r} is empty (e.g. 0:3,4.5:5)")
   if times[0] != 0 or any(b <= a for a, b in zip(times, times[1:])):
@@ -37,7 +37,7 @@ def parse_schedule(spec: str, num_frames: int, num_episodes: int) -> np.ndarray:
 def check_episode(episode: int, num_episodes: int) -> None:
   if not 0 <= episode < num_episodes:
     raise errors.GenerateError(f"episode {episode} is out of range: the models know episodes "
-                        f"0..{num_episodes - 1}")
+                               f"0..{num_episodes - 1}")
 
 
 def parse_z(spec: str, style_dim: int) -> np.ndarray:
@@ -45,10 +45,11 @@ def parse_z(spec: str, style_dim: int) -> np.ndarray:
   try:
     z = np.array([float(v) for v in spec.split(",")], np.float32)
   except ValueError:
-    raise errors.GenerateError(f"--style=z:{spec} is not a comma-separated list of numbers") from None
+    raise errors.GenerateError(
+        f"--style=z:{spec} is not a comma-separated list of numbers") from None
   if z.shape != (style_dim,) or not np.all(np.isfinite(z)):
-    raise errors.GenerateError(f"--style=z: needs {style_dim} finite numbers (the prior's style_dim), "
-                        f"got {len(z)}")
+    raise errors.GenerateError(f"--style=z: needs {style_dim} finite numbers (the prior's "
+                               f"style_dim), got {len(z)}")
   return z
 
 

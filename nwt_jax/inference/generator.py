@@ -33,7 +33,6 @@ from nwt_jax.training import restore
 
 MEL_PER_FRAME = constants.MEL_PER_FRAME
 DECODE_CHUNK = 32  # frames per dVAE decoder call (one compilation for any length)
-OPENINGS = ("bank", "sample")  # Generator(opening=...): a fresh window's first frame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +96,12 @@ class Generator:
     prior finds most likely there, the one nearest the style, `sampling.pick_opening`; otherwise
     drawn) or 'sample' (drawn)."""
     models.check_compatible()
-    if opening not in OPENINGS:
-      raise errors.GenerateError(f"--opening must be one of {', '.join(OPENINGS)}, got {opening!r}")
+    if opening not in sampling.OPENINGS:
+      raise errors.GenerateError(f"--opening must be one of {', '.join(sampling.OPENINGS)}, "
+                                 f"got {opening!r}")
     if options.guided and not models.prior.has_null_audio:
       raise errors.GenerateError(f"--audio_guidance={options.audio_guidance} needs a prior trained "
-                          "with prior.audio_dropout > 0; this one was not (use 1)")
+                                 "with prior.audio_dropout > 0; this one was not (use 1)")
     self.models, self.batch = models, batch
     # Windows as long as the prior's training windows: positions past them were never trained.
     self.window = models.window_frames
@@ -231,4 +231,5 @@ def _restore(what: str, restore, workdir: str):
   try:
     return restore(workdir)
   except (FileNotFoundError, ValueError, KeyError) as e:
-    raise errors.GenerateError(f"the {what} workdir {workdir} holds no usable checkpoint ({e})") from None
+    raise errors.GenerateError(
+        f"the {what} workdir {workdir} holds no usable checkpoint ({e})") from None

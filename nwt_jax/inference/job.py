@@ -5,6 +5,7 @@ count) is resampled to 24 kHz mono; its log-mel drives the prior. The mp4 appear
 complete. Bad input raises `errors.GenerateError` (the CLI prints it as one `error:` line).
 """
 
+from collections.abc import Iterator
 import dataclasses
 import time
 from typing import Any
@@ -18,7 +19,7 @@ from nwt_jax.data import constants
 from nwt_jax.data import video_io
 from nwt_jax.inference import controls
 from nwt_jax.inference import sampling
-from nwt_jax.inference.generator import Generator, Models, tile
+from nwt_jax.inference.generator import DECODE_CHUNK, Generator, Models, tile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +44,9 @@ def load_audio(path: str) -> np.ndarray:
   except (video_io.VideoIOError, OSError) as e:
     raise errors.GenerateError(f"cannot read audio: {e}") from None
   if len(audio) < constants.SAMPLES_PER_FRAME:
-    raise errors.GenerateError(f"{path}: {len(audio) / constants.SAMPLE_RATE * 1000:.1f} ms of audio is shorter "
-                        f"than one video frame ({1000 / constants.FPS:.1f} ms)")
+    raise errors.GenerateError(
+        f"{path}: {len(audio) / constants.SAMPLE_RATE * 1000:.1f} ms of audio is shorter than "
+        f"one video frame ({1000 / constants.FPS:.1f} ms)")
   return audio
 
 
@@ -68,13 +70,32 @@ def generate(models: Models, request: Request, *, progress: bool = False) -> dic
     z = controls.traversal_latents(z[0], request.traverse_dim)  # [5, style_dim]
   generator = Generator(models, request.options, batch=z.shape[0], opening=request.opening)
   chunks = generator.stream(mel, episodes, z, request.seed, progress=progress)
-  # Each window's frames go to the encoder as they are rendered: memory stays flat with length.
-  frames = (tile(generator.frames(codes, episodes[first:first + codes.shape[1]]))
-            for first, codes in chunks)
+  # Frames go to the encoder as they are rendered, so memory stays flat with length.
+  frames = (tile(f) for f in render_in_chunks(generator, chunks, episodes))
   video_io.write_video(request.output, frames, fps=constants.FPS,
-                       audio=audio[:num_frames * constants.SAMPLES_PER_FRAME], sample_rate=constants.SAMPLE_RATE)
+                       audio=audio[:num_frames * constants.SAMPLES_PER_FRAME],
+                       sample_rate=constants.SAMPLE_RATE)
   seconds = time.perf_counter() - start
   audio_seconds = num_frames / constants.FPS
   return {"output": request.output, "frames": num_frames, "audio_seconds": audio_seconds,
           "wall_seconds": seconds, "rtf": seconds / audio_seconds, "streams": int(z.shape[0]),
           "episodes": episodes, "z": z}
+
+
+def render_in_chunks(generator: Generator, chunks: Iterator[tuple[int, np.ndarray]],
+                     episodes: np.ndarray) -> Iterator[np.ndarray]:
+  """Renders the codes of `Generator.stream` (first frame, codes [B, n, ...]) as frames
+  [B, m, H, W, 3], DECODE_CHUNK frames a call: a window adds only a few frames, and rendering
+  each window's alone would pad most of every decoder call."""
+  pending, first_pending = [], 0
+  for first, codes in chunks:
+    if not pending:
+      first_pending = first
+    pending.append(codes)
+    if sum(c.shape[1] for c in pending) >= DECODE_CHUNK:
+      codes = np.concatenate(pending, axis=1)
+      yield generator.frames(codes, episodes[first_pending:first_pending + codes.shape[1]])
+      pending = []
+  if pending:
+    codes = np.concatenate(pending, axis=1)
+    yield generator.frames(codes, episodes[first_pending:first_pending + codes.shape[1]])

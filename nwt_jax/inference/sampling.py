@@ -40,6 +40,8 @@ from nwt_jax.models import prior as prior_lib
 PyTree = Any
 # pick_opening: the bank frames, most likely first, among which the nearest style is taken.
 OPENING_CANDIDATES = 16
+# How a window that starts afresh gets its first frame: from the frame bank or drawn (Generator).
+OPENINGS = ("bank", "sample")
 FrameToLogits = Callable[[jax.Array, jax.Array, PyTree], tuple[jax.Array, PyTree]]
 FrameToContext = Callable[[jax.Array, jax.Array, PyTree], tuple[PyTree, PyTree]]
 CodeToLogits = Callable[[PyTree, jax.Array, jax.Array, PyTree], tuple[jax.Array, PyTree]]

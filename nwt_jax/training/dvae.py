@@ -2,11 +2,11 @@
 
     python -m nwt_jax.train --config=configs/dvae.py:tiny --workdir=runs/dvae_tiny
 
-Four functions (flax `examples/wmt/train.py`): `create_train_state`, `train_step`, `eval_step`,
-`train_and_evaluate`; and `restore_frozen`, which loads a trained dVAE for tokenization and
-generation. Generator (the DVAE) and discriminator live in one `train_lib.TrainState`, under
-`params['generator']`, `params['discriminator']` and the same keys of `opt_state`, and one jitted
-step updates both:
+The trainers' shape (`training.loop`): `create_train_state`, `train_step`, `eval_step`, a cached
+`setup(config, devices)` and `train_and_evaluate(config, workdir)`; the held-out evaluation is in
+`dvae_eval`, and `restore.dvae` loads a trained dVAE for tokenization and generation. Generator
+(the DVAE) and discriminator live in one `loop.TrainState`, under `params['generator']`,
+`params['discriminator']` and the same keys of `opt_state`, and one jitted step updates both:
 
 - generator loss: L1 + s(step) * (adv_weight * hinge + fm_weight * feature matching), where
   s(step) is 0 before `loss.adv_start_step` and rises linearly to 1 over `loss.adv_ramp_steps`;
@@ -23,29 +23,23 @@ reconstructions below).
 
 import dataclasses
 import functools
-import io
 import json
-import os
-from collections.abc import Callable
 from typing import Any
 
 from absl import logging
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from nwt_jax.training import checkpoint
-from nwt_jax.runtime import compile_options
 from nwt_jax.data import input_pipeline
-from nwt_jax.evaluation import metrics as metrics_lib
-from nwt_jax.training import losses
-from nwt_jax.training import sharding
-from nwt_jax.training import loop as train_lib
 from nwt_jax.models import discriminator
 from nwt_jax.models import dvae
+from nwt_jax.runtime import compile_options
+from nwt_jax.training import dvae_eval
+from nwt_jax.training import loop
+from nwt_jax.training import losses
+from nwt_jax.training import sharding
 
 PyTree = Any
 
@@ -96,7 +90,7 @@ def make_optimizers(config: ml_collections.ConfigDict
 
 def create_train_state(model: dvae.DVAE, disc: discriminator.MultiScaleDiscriminator,
                        tx_g: optax.GradientTransformation, tx_d: optax.GradientTransformation,
-                       height: int, width: int, rng: jax.Array) -> train_lib.TrainState:
+                       height: int, width: int, rng: jax.Array) -> loop.TrainState:
   """The initial state with boxed (logically partitioned) parameters, for
   `sharding.sharded_initializer`, which creates it unboxed and sharded."""
   g_rng, d_rng = jax.random.split(rng)
@@ -105,7 +99,7 @@ def create_train_state(model: dvae.DVAE, disc: discriminator.MultiScaleDiscrimin
                          train=False)["params"]
   discrim = disc.init(d_rng, jnp.zeros((1, height, width, 3), jnp.float32))["params"]
   params = {"generator": generator, "discriminator": discrim}
-  return train_lib.TrainState.create(
+  return loop.TrainState.create(
       params, {"generator": tx_g.init(generator), "discriminator": tx_d.init(discrim)})
 
 
@@ -119,12 +113,12 @@ def adversarial_scale(step: jax.Array, start: int, ramp: int) -> jax.Array:
   return jnp.where(step >= start, jnp.clip(progress, 0.0, 1.0), 0.0)
 
 
-def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
+def train_step(state: loop.TrainState, batch: dict[str, jax.Array], *,
                model: dvae.DVAE, disc: discriminator.MultiScaleDiscriminator,
                tx_g: optax.GradientTransformation, tx_d: optax.GradientTransformation,
                lr_schedule: optax.Schedule, loss_config: ml_collections.ConfigDict, seed: int,
                rng_impl: str, nan_at_step: int
-               ) -> tuple[train_lib.TrainState, dict[str, jax.Array]]:
+               ) -> tuple[loop.TrainState, dict[str, jax.Array]]:
   """One update of generator and discriminator on batch video uint8 [B, T, H, W, 3] and
   episode int32 [B]; returns the new state and scalar metrics (with the guard's)."""
   lc = loss_config
@@ -192,8 +186,8 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
     adv, d_recon_adv, terms, d_grads, new_dp, new_d_opt = jax.lax.cond(
         adversarial, with_discriminator, without_discriminator, recon)
   # inject_nan scales the loss and, identically, its gradient (the product rule's factor).
-  loss = train_lib.inject_nan(lc.l1_weight * l1 + adv, state.step, nan_at_step)
-  d_recon = train_lib.inject_nan(lc.l1_weight * d_recon_l1 + d_recon_adv, state.step,
+  loss = loop.inject_nan(lc.l1_weight * l1 + adv, state.step, nan_at_step)
+  d_recon = loop.inject_nan(lc.l1_weight * d_recon_l1 + d_recon_adv, state.step,
                                  nan_at_step)
   g_grads, = pullback(d_recon)
   terms["l1"] = l1
@@ -202,7 +196,7 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
       params={"generator": optax.apply_updates(gp, g_updates), "discriminator": new_dp},
       opt_state={"generator": new_g_opt, "discriminator": new_d_opt})
   grads = {"generator": g_grads, "discriminator": d_grads}
-  state, guard = train_lib.apply_if_finite(state, new_state, (loss, terms["d_loss"]), grads)
+  state, guard = loop.apply_if_finite(state, new_state, (loss, terms["d_loss"]), grads)
   metrics = dict(
       loss=loss, **terms, adv_scale=scale, lr=lr_schedule(state.step - 1),
       g_grad_norm=optax.tree.norm(g_grads), d_grad_norm=optax.tree.norm(d_grads),
@@ -225,35 +219,11 @@ def eval_step(params: PyTree, batch: dict[str, jax.Array], *,
 # Set-up shared by train_and_evaluate, the tests and the benchmarks
 
 
-def _in_mesh(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
-  """`fn` called (and so traced) with `mesh` set and the logical axis rules active, so the
-  models' activation constraints (`nn.with_logical_constraint`) take effect."""
-
-  @functools.wraps(fn)
-  def wrapped(*args):
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
-      return fn(*args)
-
-  return wrapped
-
-
 @dataclasses.dataclass(frozen=True)
-class Setup:
-  """What a run needs, built once from a config: models, mesh, shardings, compiled steps."""
-  config: ml_collections.ConfigDict  # its STEP_FIELDS
-  mesh: jax.sharding.Mesh
-  model: dvae.DVAE
+class Setup(loop.Setup):
+  """`loop.Setup` (`model` is the DVAE, `eval_step(params, batch)` gives eval-mode
+  {'recon', 'indices'}) with the discriminator."""
   disc: discriminator.MultiScaleDiscriminator
-  init_state: Callable[[], train_lib.TrainState]  # creates the sharded initial state
-  state_shardings: PyTree
-  train_step: Callable  # jitted (state, batch) -> (state, metrics); donates state
-  eval_step: Callable  # jitted (params, batch) -> {'recon', 'indices'}, replicated
-
-  def lower_train_step(self, batch: dict[str, Any]):
-    """The train step lowered for abstract (or concrete) `batch`, under the mesh and rules."""
-    abstract = checkpoint.abstract_like(jax.eval_shape(self.init_state), self.state_shardings)
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
-      return self.train_step.__wrapped__.lower(abstract, batch)
 
 
 # The config sections a step depends on (not `train`: how long and how often).
@@ -267,10 +237,8 @@ def setup(config: ml_collections.ConfigDict, devices=None) -> Setup:
   Cached by the STEP_FIELDS of `config` and the devices, so building it twice (tests, a
   benchmark after a run) compiles the steps once.
   """
-  fields = {k: config[k] for k in STEP_FIELDS}
-  key = json.dumps(json.loads(ml_collections.ConfigDict(fields).to_json_best_effort()),
-                   sort_keys=True)
-  return _setup(key, tuple(jax.devices() if devices is None else devices))
+  return _setup(loop.config_key(config, STEP_FIELDS),
+                tuple(jax.devices() if devices is None else devices))
 
 
 @functools.lru_cache(maxsize=8)
@@ -287,161 +255,29 @@ def _setup(config_json: str, devices: tuple[jax.Device, ...]) -> Setup:
       train_step, model=model, disc=disc, tx_g=tx_g, tx_d=tx_d, lr_schedule=lr_schedule,
       loss_config=ml_collections.FrozenConfigDict(config.loss), seed=config.seed,
       rng_impl=config.rng_impl, nan_at_step=config.debug.nan_at_step)
-  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  options = compile_options.dvae()
-  jitted_train = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0,
-                         compiler_options=options)
-  jitted_eval = jax.jit(functools.partial(eval_step, model=model),
-                        in_shardings=(state_shardings.params, batch_sharding),
-                        out_shardings=replicated, compiler_options=options)
-  return Setup(config, mesh, model, disc, init_state, state_shardings,
-               _in_mesh(jitted_train, mesh), _in_mesh(jitted_eval, mesh))
+  train, evaluate = loop.jit_steps(mesh, state_shardings, step,
+                                   functools.partial(eval_step, model=model),
+                                   compile_options.dvae(),
+                                   constrain_activations=True)
+  return Setup(config=config, mesh=mesh, model=model, init_state=init_state,
+               state_shardings=state_shardings, train_step=train, eval_step=evaluate, disc=disc)
 
 
-class FrameIterator:
-  """The train iterator, passing on only what the step uses (video, episode)."""
-
-  def __init__(self, iterator: input_pipeline.DataIterator):
-    self._it = iterator
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._it)
-    return {"video": batch["video"], "episode": batch["episode"]}
-
-  def get_state(self) -> dict:
-    return self._it.get_state()
-
-  def set_state(self, state) -> None:
-    self._it.set_state(state)
-
-  def close(self) -> None:
-    self._it.close()
-
-
-def load_eval_set(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """The held-out frames every eval reconstructs, the same on every process: video uint8
-  [N, H, W, 3], episode int32 [N] and, for synthetic data, truth float32 [N, 7], with
-  N = eval_batches x eval_batch_size clips x eval_frames_per_clip frames (fewer if the split
-  is smaller)."""
-  tc = config.train
-  data = ml_collections.ConfigDict(config.data.to_dict())
-  data.batch_size = tc.eval_batch_size
-  data.frames_per_example = tc.eval_frames_per_clip
-  data.drop_remainder = True
-  batches = []
-  with input_pipeline.create_iterator(data, tc.eval_split, seed=config.seed) as it:
-    for _ in range(tc.eval_batches):
-      try:
-        batches.append(next(it))
-      except StopIteration:
-        break
-  if not batches:
-    raise ValueError(f"the {tc.eval_split} split has fewer than eval_batch_size="
-                     f"{tc.eval_batch_size} clips")
-  frames = lambda x: x.reshape((-1,) + x.shape[2:])  # [B, T, ...] -> [B*T, ...]
-  out = {"video": frames(np.concatenate([b["video"] for b in batches]))}
-  clips = np.concatenate([b["episode"] for b in batches])
-  out["episode"] = np.repeat(clips, batches[0]["video"].shape[1]).astype(np.int32)
-  if "truth" in batches[0]:
-    out["truth"] = frames(np.concatenate([b["truth"] for b in batches]))
-  return out
-
-
-def _global_array(x: np.ndarray, sharding_: jax.sharding.Sharding) -> jax.Array:
-  """A global array from host data every process holds in full."""
-  return jax.make_array_from_callback(x.shape, sharding_, lambda index: x[index])
-
-
-def reconstruct(s: Setup, params: PyTree, eval_set: dict[str, np.ndarray],
-                chunk: int) -> dict[str, np.ndarray]:
-  """Eval-mode reconstructions and codes of `eval_set`, `chunk` frames per call."""
-  out = []
-  for start in range(0, len(eval_set["video"]), chunk):
-    batch = {k: _global_array(eval_set[k][start:start + chunk], sharding.batch_sharding(s.mesh))
-             for k in ("video", "episode")}
-    out.append(jax.device_get(s.eval_step(params, batch)))
-  return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
-
-
-def evaluate_reconstructions(eval_set: dict[str, np.ndarray], recon: np.ndarray,
-                             indices: np.ndarray, num_codes: int) -> dict[str, float]:
-  """PSNR, SSIM, per-head code usage and perplexity (min/mean and each head's), mouth r."""
-  metrics = {"psnr": metrics_lib.psnr(eval_set["video"], recon),
-             "ssim": metrics_lib.ssim(eval_set["video"], recon)}
-  usage = metrics_lib.code_usage(indices, num_codes)
-  metrics.update(usage_min=float(usage["usage"].min()), usage_mean=float(usage["usage"].mean()),
-                 perplexity_mean=float(usage["perplexity"].mean()))
-  for head, (u, p) in enumerate(zip(usage["usage"], usage["perplexity"])):
-    metrics[f"usage/head{head}"] = float(u)
-    metrics[f"perplexity/head{head}"] = float(p)
-  if "truth" in eval_set:
-    measured = metrics_lib.mouth_area_ratio(recon, eval_set["truth"], eval_set["episode"])
-    metrics["mouth_r"] = metrics_lib.mouth_recoverability(measured, eval_set["truth"])
-  return metrics
-
-
-def write_samples(path: str, originals: np.ndarray, recon: np.ndarray, zoom: int = 2) -> None:
-  """A PNG grid: originals [K, H, W, 3] on top, reconstructions below, `zoom`x nearest."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  k, h, w, _ = originals.shape
-  gap = 2
-  grid = np.full((2 * h + 3 * gap, k * (w + gap) + gap, 3), 255, np.uint8)
-  for row, frames in enumerate((originals, recon)):
-    for i, frame in enumerate(frames):
-      top, left = gap + row * (h + gap), gap + i * (w + gap)
-      grid[top:top + h, left:left + w] = frame
-  grid = np.repeat(np.repeat(grid, zoom, axis=0), zoom, axis=1)
-  buffer = io.BytesIO()
-  Image.fromarray(grid).save(buffer, format="PNG")
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(buffer.getvalue())
-
-
-def make_eval_fn(s: Setup, config: ml_collections.ConfigDict, eval_set: dict[str, np.ndarray],
-                 workdir: str) -> Callable[[train_lib.TrainState, int], dict[str, float]]:
-  """`eval_fn(state, step)` for `train_lib.run`: metrics of the eval set's reconstructions,
-  and (process 0) `workdir/samples/recon_{step}.png`."""
-  tc = config.train
-  chunk = tc.eval_batch_size * tc.eval_frames_per_clip
-
-  def eval_fn(state, step):
-    out = reconstruct(s, state.params, eval_set, chunk)
-    metrics = evaluate_reconstructions(eval_set, out["recon"], out["indices"],
-                                       config.dvae.num_codes)
-    if jax.process_index() == 0 and tc.num_samples > 0:
-      k = tc.num_samples
-      write_samples(os.path.join(workdir, "samples", f"recon_{step}.png"),
-                    eval_set["video"][:k], out["recon"][:k])
-    logging.info("eval at step %d: PSNR %.2f dB, SSIM %.3f, code usage min %.2f mean %.2f, "
-                 "perplexity %.1f, mouth r %.3f", step, metrics["psnr"], metrics["ssim"],
-                 metrics["usage_min"], metrics["usage_mean"], metrics["perplexity_mean"],
-                 metrics.get("mouth_r", float("nan")))
-    return metrics
-
-  return eval_fn
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, writer=None,
-                       devices=None) -> train_lib.TrainState:
-  """Trains (or resumes) the dVAE in `workdir`; returns the final state. `writer` (default:
-  TensorBoard events in `workdir`) and `devices` (default: all) are for tests."""
-  s = setup(config, devices)
-  eval_set = load_eval_set(config)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.TrainState:
+  """Trains (or resumes) the dVAE in `workdir`, evaluating every `train.eval_every` steps;
+  returns the final state. What `python -m nwt_jax.train` calls for `config.model == 'dvae'`."""
+  s = setup(config)
+  eval_set = dvae_eval.load_eval_set(config)
   logging.info("dVAE: %d frames %dx%d -> %s grid x %d heads of %d codes; %d held-out frames.",
                config.data.batch_size * config.data.frames_per_example, config.data.height,
                config.data.width, tuple(d // s.model.downsample_factor for d in
                                         (config.data.height, config.data.width)),
                config.dvae.heads, config.dvae.num_codes, len(eval_set["video"]))
-  train_iter = FrameIterator(input_pipeline.create_iterator(
+  train_iter = dvae_eval.FrameIterator(input_pipeline.create_iterator(
       config.data, "train", seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count()))
   try:
-    return train_lib.run(config, workdir, mesh=s.mesh, init_state=s.init_state,
-                         state_shardings=s.state_shardings, train_step=s.train_step,
-                         train_iter=train_iter, eval_fn=make_eval_fn(s, config, eval_set, workdir),
-                         writer=writer)
+    return loop.run(config, workdir, s, train_iter,
+                    eval_fn=dvae_eval.make_eval_fn(s, config, eval_set, workdir))
   finally:
     train_iter.close()

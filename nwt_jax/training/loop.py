@@ -1,10 +1,15 @@
 """The training loop both trainers share: resume, steps, logging, eval, checkpoints, faults.
 
-A trainer (`train_dvae`, `train_prior`) builds its model, optimiser, sharded initial state and a
-jitted `train_step(state, batch) -> (state, metrics)`, then hands them to `run`. Its step wraps the
-update in `apply_if_finite`, so a non-finite loss or gradient leaves parameters and optimiser
-state bitwise unchanged, and applies `inject_nan` to its loss so `config.debug.nan_at_step`
-can test that path.
+Both trainers (`training.dvae`, `training.prior`) have one shape: `create_train_state`,
+`train_step`, `eval_step`, a cached `setup(config, ...)` that builds a `Setup` (mesh, model,
+sharded initializer, jitted steps: `jit_steps`) and `train_and_evaluate(config, workdir)`, which
+hands the `Setup`, a train iterator and an eval function to `run`. A step wraps its update in
+`apply_if_finite`, so a non-finite loss or gradient leaves parameters and optimiser state
+bitwise unchanged, and applies `inject_nan` to its loss so `config.debug.nan_at_step` can test
+that path.
+
+Progress lines (and the train metrics' TensorBoard points) come at steps 1, 2, 5, 10, 20, 50, ...
+of a run (the 1-2-5 series) until `train.log_every` steps, then every `train.log_every` steps.
 
 The state may be any `flax.struct.dataclass` with int32 scalar fields `step`, `nonfinite_skips` and
 `nonfinite_streak` (`TrainState` below is one); typed PRNG keys stay out of it (derive the step's
@@ -12,17 +17,16 @@ key as `jax.random.fold_in(jax.random.key(config.seed), state.step)` inside the 
 """
 
 from collections.abc import Callable, Mapping
-import itertools
-import os
+import dataclasses
+import json
 import signal
-import socket
 import threading
 import time
 from typing import Any, Protocol
 
 from absl import logging
-from etils import epath
 import flax
+import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -31,8 +35,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from nwt_jax.training import checkpoint
 from nwt_jax import errors
+from nwt_jax.training import checkpoint
+from nwt_jax.training import metric_writer
 from nwt_jax.training import sharding
 
 GUARD_KEYS = ("nonfinite", "nonfinite_skips", "nonfinite_streak")
@@ -104,86 +109,115 @@ def inject_nan(loss: jax.Array, step: jax.Array, nan_at_step: int) -> jax.Array:
   return loss * jnp.where(step == nan_at_step, jnp.nan, 1.0).astype(loss.dtype)
 
 
-class _LoggingWriter:
-  """Console-only writer: what processes > 0 get, and everyone where tensorboard is missing."""
-
-  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.6g}" for k, v in scalars.items()))
-
-  def flush(self) -> None:
-    pass
-
-  def close(self) -> None:
-    pass
+# ----------------------------------------------------------------------------------------------
+# What a trainer builds once from a config
 
 
-class _EventWriter(_LoggingWriter):
-  """TensorBoard scalar events in `workdir`, and the console lines. Written with tensorboard's
-  protos, not clu's writer, which imports TensorFlow (~7 s of CPU at each process start)."""
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Mesh, model, sharded initializer and jitted steps, built once from a config by a trainer's
+  cached `setup(config, ...)` (the dVAE's adds its discriminator)."""
+  config: ml_collections.ConfigDict  # the fields the steps depend on
+  mesh: Mesh
+  model: Any
+  init_state: Callable[[], Any]  # creates the sharded initial state (`sharded_initializer`)
+  state_shardings: Any
+  train_step: Callable  # jitted (state, batch) -> (state, metrics); donates state
+  eval_step: Callable  # jitted (params, batch) -> metrics or outputs, replicated
 
-  def __init__(self, workdir: str):
-    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
-    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-    # TensorFlow's naming (time, host, pid, a counter): a rerun never overwrites a file.
-    name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-            f"{os.getpid()}.{next(_EVENT_FILES)}.v2")
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)  # as TensorFlow's writer does
-    self._file = (workdir / name).open("wb")
-    self._records = record_writer.RecordWriter(self._file)
-    self._write(event_pb2.Event(file_version="brain.Event:2"))
-
-  def _write(self, event) -> None:
-    event.wall_time = time.time()
-    self._records.write(event.SerializeToString())
-
-  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    super().write_scalars(step, scalars)
-    summary = self._summary_pb2.Summary(value=[
-        self._summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()])
-    self._write(self._event_pb2.Event(step=int(step), summary=summary))
-
-  def flush(self) -> None:
-    self._records.flush()
-
-  def close(self) -> None:
-    self._records.close()
+  def lower_train_step(self, batch: Mapping[str, Any]):
+    """The train step lowered for the abstract state and an abstract (or concrete) `batch`."""
+    abstract = checkpoint.abstract_like(jax.eval_shape(self.init_state), self.state_shardings)
+    return self.train_step.lower(abstract, batch)
 
 
-_EVENT_FILES = itertools.count()
+class _InMesh:
+  """A jitted function called (so traced) and lowered with its mesh set and the logical axis
+  rules active, so the models' activation constraints (`nn.with_logical_constraint`) apply."""
+
+  def __init__(self, jitted: Callable, mesh: Mesh):
+    self._jitted, self._mesh = jitted, mesh
+
+  def __call__(self, *args):
+    with jax.set_mesh(self._mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+      return self._jitted(*args)
+
+  def lower(self, *args):
+    with jax.set_mesh(self._mesh), nn.logical_axis_rules(sharding.LOGICAL_AXIS_RULES):
+      return self._jitted.lower(*args)
 
 
-def create_writer(workdir: str):
-  """TensorBoard events in `workdir` + console (only process 0 writes events), or console-only
-  where tensorboard is missing."""
-  if jax.process_index() > 0:
-    return _LoggingWriter()
-  try:
-    return _EventWriter(workdir)
-  except ImportError:
-    logging.warning("tensorboard is not installed: metrics go to the console only.")
-    return _LoggingWriter()
+def jit_steps(mesh: Mesh, state_shardings: Any, train_step: Callable, eval_step: Callable,
+              compiler_options: dict[str, Any] | None, *,
+              constrain_activations: bool) -> tuple[Callable, Callable]:
+  """`train_step(state, batch)` and `eval_step(params, batch)` jitted with explicit shardings:
+  the state as `state_shardings` (donated by the train step), batches over the mesh's batch
+  axes, outputs replicated. With `constrain_activations` they are traced under the mesh and
+  the logical axis rules, so the models' activation constraints apply (the dVAE's steps; the
+  prior's run without, as they always have: with them its losses on a 2 x 2 x 2 mesh drift
+  from one device's by 1e-3 within 5 steps, a difference not yet examined)."""
+  batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  train = jax.jit(train_step, in_shardings=(state_shardings, batch),
+                  out_shardings=(state_shardings, replicated), donate_argnums=0,
+                  compiler_options=compiler_options)
+  evaluate = jax.jit(eval_step, in_shardings=(state_shardings.params, batch),
+                     out_shardings=replicated, compiler_options=compiler_options)
+  if not constrain_activations:
+    return train, evaluate
+  return _InMesh(train, mesh), _InMesh(evaluate, mesh)
+
+
+def config_key(config: ml_collections.ConfigDict, fields: tuple[str, ...]) -> str:
+  """`config`'s `fields` as sorted JSON (tuples as lists): a setup's cache key, and the config
+  it is rebuilt from."""
+  chosen = ml_collections.ConfigDict({k: config[k] for k in fields})
+  return json.dumps(json.loads(chosen.to_json_best_effort()), sort_keys=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def logs_at(done: int, start: int, log_every: int) -> bool:
+  """Whether a run that started at step `start` writes a progress line after step `done`:
+  the 1-2-5 series of its own steps (start + 1, 2, 5, 10, 20, 50, ...) until `log_every` of
+  them are done, then every `log_every` steps (<= 0: the series throughout)."""
+  ran = done - start
+  if ran <= 0:
+    return False
+  if log_every > 0 and ran >= log_every:
+    return done % log_every == 0
+  while ran % 10 == 0:
+    ran //= 10
+  return ran in (1, 2, 5)
 
 
 class _Progress:
-  """Steps/s and ETA over the steps since the last report, excluding eval and checkpoint time."""
+  """Steps/s and ETA over the steps since the last report, excluding eval and checkpoint time.
+  The first report's rate includes the compilation of the steps."""
 
   def __init__(self, start: int, num_steps: int):
     self._num_steps = num_steps
     self._last_step, self._last_time, self._paused = start, time.perf_counter(), 0.0
+    self.first = True  # the next report is the first (its time includes compilation)
 
   def exclude(self, seconds: float) -> None:
     self._paused += seconds
 
-  def report(self, step: int) -> tuple[float, str]:
+  def report(self, step: int, loss: float | None) -> tuple[float, str]:
     now = time.perf_counter()
-    rate = (step - self._last_step) / max(now - self._last_time - self._paused, 1e-9)
+    seconds = max(now - self._last_time - self._paused, 1e-9)
+    rate = (step - self._last_step) / seconds
     self._last_step, self._last_time, self._paused = step, now, 0.0
+    line = f"step {step}/{self._num_steps} ({100 * step / self._num_steps:.1f}%)"
+    if loss is not None:
+      line += f", loss {loss:.4g}"
+    if self.first:
+      self.first = False
+      return rate, f"{line}, {rate:.2f} steps/s ({seconds:.1f} s, compilation included)"
     eta = (self._num_steps - step) / max(rate, 1e-9)
-    return rate, (f"step {step}/{self._num_steps} ({100 * step / self._num_steps:.1f}%), "
-                  f"{rate:.2f} steps/s, ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+    return rate, (f"{line}, {rate:.2f} steps/s, "
+                  f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
 
 
 class _SigtermFlag:
@@ -245,35 +279,31 @@ def _restore_or_init(ckpt: checkpoint.Checkpointer, init_state: Callable[[], Any
   return state
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh,
-        init_state: Callable[[], Any], state_shardings: Any,
-        train_step: Callable[[Any, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]],
-        train_iter: DataIterator,
+def run(config: ml_collections.ConfigDict, workdir: str, setup: Setup, train_iter: DataIterator,
         eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
         writer=None) -> Any:
   """Restores or creates the state, trains to `config.train.num_steps`, returns the state.
 
-  `init_state` and `state_shardings` come from `sharding.sharded_initializer`; `train_step` is
-  jitted with those shardings and returns a dict of scalar metrics that includes
-  `apply_if_finite`'s guard metrics; `eval_fn(state, step)` returns scalar metrics, runs every
-  `config.train.eval_every` steps and at the end, and must not keep `state` (the next step
-  donates it). Optional `config.train.best_metric` (an `eval_fn` key) and `best_mode`
-  ('min'|'max') make `keep_checkpoints` keep the best checkpoints instead of the latest.
-  `writer` (clu MetricWriter interface) defaults to `create_writer(workdir)`.
+  `setup` holds the mesh, the sharded initializer and the jitted `train_step`, whose metrics are
+  scalars and include `apply_if_finite`'s guard metrics. `eval_fn(state, step)` returns scalar
+  metrics, runs every `config.train.eval_every` steps and at the end, and must not keep `state`
+  (the next step donates it). Optional `config.train.best_metric` (an `eval_fn` key) and
+  `best_mode` ('min'|'max') make `keep_checkpoints` keep the best checkpoints instead of the
+  latest. `writer` (clu MetricWriter interface) defaults to `metric_writer.create_writer(workdir)`.
 
   Returns early (after a checkpoint) on SIGTERM; raises NonFiniteError (after a checkpoint) when
   `config.train.max_consecutive_nonfinite` consecutive updates were skipped.
   """
   tc = config.train
-  sharding.check_batch_divisible(config.data.batch_size, mesh)
+  sharding.check_batch_divisible(config.data.batch_size, setup.mesh)
   own_writer = writer is None
-  writer = create_writer(workdir) if own_writer else writer
+  writer = metric_writer.create_writer(workdir) if own_writer else writer
   try:
     with checkpoint.Checkpointer(workdir, config, max_to_keep=tc.keep_checkpoints,
                                  best_metric=tc.get("best_metric"),
                                  best_mode=tc.get("best_mode", "min")) as ckpt:
-      state = _restore_or_init(ckpt, init_state, state_shardings, train_iter)
-      return _loop(tc, mesh, state, train_step, train_iter, eval_fn, ckpt, writer)
+      state = _restore_or_init(ckpt, setup.init_state, setup.state_shardings, train_iter)
+      return _loop(tc, setup.mesh, state, setup.train_step, train_iter, eval_fn, ckpt, writer)
   finally:
     writer.flush()
     if own_writer:
@@ -316,7 +346,8 @@ def _loop(tc, mesh, state, train_step, train_iter, eval_fn, ckpt, writer):
           f"(limit config.train.max_consecutive_nonfinite={tc.max_consecutive_nonfinite}). "
           f"Checkpoint {ckpt.directory / str(done)} holds the last finite update's parameters.")
 
-  logging.info("Training steps %d..%d on mesh %s.", start, num_steps, dict(mesh.shape))
+  logging.info("Training steps %d..%d on mesh %s (the first includes compiling the step).",
+               start, num_steps, dict(mesh.shape))
   with _SigtermFlag() as sigterm:
     for step in range(start, num_steps):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -324,19 +355,20 @@ def _loop(tc, mesh, state, train_step, train_iter, eval_fn, ckpt, writer):
         state, metrics = train_step(state, batch)
       if step == start and not set(GUARD_KEYS) <= set(metrics):
         raise KeyError(f"train_step's metrics lack {GUARD_KEYS}: wrap its update in "
-                       "train_lib.apply_if_finite and merge the guard metrics it returns.")
+                       "loop.apply_if_finite and merge the guard metrics it returns.")
       done = step + 1
       if previous is not None:
         check_guard(jax.device_get(previous), step - 1, done)
       previous = {k: metrics[k] for k in GUARD_KEYS}
       buffered.append(metrics)
 
-      if _every(done, tc.log_every) or done == num_steps:
+      if logs_at(done, start, tc.log_every) or done == num_steps:
         summary = _summarize(jax.device_get(buffered))
         buffered = []
-        rate, line = progress.report(done)
+        compiled_in = progress.first  # a rate that includes compiling is not written
+        rate, line = progress.report(done, summary.get("loss"))
         logging.info("%s", line)
-        writer.write_scalars(done, {"steps_per_sec": rate,
+        writer.write_scalars(done, {**({} if compiled_in else {"steps_per_sec": rate}),
                                     **{f"train/{k}": v for k, v in summary.items()}})
       if eval_fn is not None and (_every(done, tc.eval_every) or done == num_steps):
         t0 = time.perf_counter()

@@ -4,10 +4,14 @@
     python -m nwt_jax.train --config=configs/prior.py:tiny,far --workdir=runs/prior_far \\
         --config.dvae_workdir=runs/dvae
 
-The grid, code heads, codebook size and episode count come from the tokens' manifest (they are
-the dVAE's); everything else from the config. Training is teacher-forced: cross-entropy per code
-plus the style latent's KL, weighted by `loss.kl_weight` (linearly annealed from 0 over
-`loss.kl_anneal_steps`) and divided by the codes in a window, so weight 1 is the ELBO per code.
+The trainers' shape (`training.loop`): `create_train_state`, `train_step`, `eval_step`, a cached
+`setup(config, manifest, devices)` and `train_and_evaluate(config, workdir)`; `restore.prior`
+loads a trained prior for generation. The grid, code heads, codebook size and episode count come
+from the tokens' manifest (they are the dVAE's); everything else from the config.
+
+Training is teacher-forced: cross-entropy per code plus the style latent's KL, weighted by
+`loss.kl_weight` (linearly annealed from 0 over `loss.kl_anneal_steps`) and divided by the codes
+in a window, so weight 1 is the ELBO per code.
 
 Evaluation on held-out clips (the validation split) reports the per-code NLL and accuracy and two
 controls that show the conditioning is used:
@@ -20,6 +24,7 @@ Each gap also comes as `<gap>_z`: its mean over windows divided by its paired st
 (the windows are independent clips), so "clearly lower" is a number: z > 3.
 """
 
+from collections.abc import Callable
 import functools
 import json
 import os
@@ -27,21 +32,18 @@ from typing import Any
 
 from absl import logging
 from etils import epath
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from nwt_jax.training import checkpoint
-from nwt_jax.runtime import compile_options
-from nwt_jax import errors
 from nwt_jax.data import frame_bank
+from nwt_jax.data import token_pipeline
+from nwt_jax.models import prior as prior_lib
+from nwt_jax.runtime import compile_options
+from nwt_jax.training import loop
 from nwt_jax.training import losses
 from nwt_jax.training import sharding
-from nwt_jax.data import token_pipeline
-from nwt_jax.training import loop as train_lib
-from nwt_jax.models import prior as prior_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -71,7 +73,7 @@ def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransforma
   vectors (norm scales, biases)."""
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, optim.lr, optim.warmup_steps, max(optim.decay_steps, optim.warmup_steps + 1),
-      end_value=optim.lr * optim.end_lr_ratio)
+      end_value=optim.lr * optim.end_lr_factor)
   decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
   return optax.chain(
       optax.clip_by_global_norm(optim.clip_norm),
@@ -95,23 +97,23 @@ def example_batch(manifest: dict, frames: int, batch: int = 1) -> dict[str, jax.
 
 
 def create_train_state(model: prior_lib.Prior, tx: optax.GradientTransformation,
-                       example: dict[str, jax.Array], rng: jax.Array) -> train_lib.TrainState:
+                       example: dict[str, jax.Array], rng: jax.Array) -> loop.TrainState:
   """Parameters (logically boxed) and optimiser state; run under `sharded_initializer`."""
   variables = model.init({"params": rng, "style": rng}, example["codes"], example["mel"],
                          example["episode"], train=False)
   params = variables["params"]
-  return train_lib.TrainState.create(params, tx.init(params))
+  return loop.TrainState.create(params, tx.init(params))
 
 
 def _accuracy(logits: jax.Array, codes: jax.Array) -> jax.Array:
   return (jnp.argmax(logits, axis=-1) == codes).astype(jnp.float32)
 
 
-def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
+def train_step(state: loop.TrainState, batch: dict[str, jax.Array], *,
                model: prior_lib.Prior, tx: optax.GradientTransformation, rng: jax.Array,
                kl_weight_max: float, kl_anneal_steps: int, label_smoothing: float,
                nan_at_step: int, change_weight: float = 1.0
-               ) -> tuple[train_lib.TrainState, dict[str, jax.Array]]:
+               ) -> tuple[loop.TrainState, dict[str, jax.Array]]:
   """One teacher-forced update; step s's randomness is fold_in(rng, s)."""
   style_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   codes = batch["codes"]  # [B, T, gh, gw, K]
@@ -125,7 +127,7 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
     ce, nll, w = losses.code_losses(logits, codes, change_weight,
                                     label_smoothing=label_smoothing, prev=aux["prev_codes"])
     loss = jnp.sum(w * ce) / jnp.sum(w) + beta * aux["kl"] / codes_per_window
-    loss = train_lib.inject_nan(loss, state.step, nan_at_step)
+    loss = loop.inject_nan(loss, state.step, nan_at_step)
     return loss, {"nll": jnp.mean(nll), "accuracy": jnp.mean(_accuracy(logits, codes)),
                   "kl": aux["kl"]}
 
@@ -133,7 +135,7 @@ def train_step(state: train_lib.TrainState, batch: dict[str, jax.Array], *,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state)
-  state, guard = train_lib.apply_if_finite(state, new_state, loss, grads)
+  state, guard = loop.apply_if_finite(state, new_state, loss, grads)
   return state, {"loss": loss, **metrics, "kl_weight": beta,
                  "grad_norm": optax.tree.norm(grads), **guard}
 
@@ -224,86 +226,71 @@ def summarize_eval(sums: dict[str, float]) -> dict[str, float]:
   return out
 
 
-class Setup:
-  """What train_and_evaluate builds: mesh, model, sharded init, jitted train and eval steps.
-
-  `compiler_options` (XLA options for the steps' jits, e.g. a lower optimisation level; on top
-  of `compile_options.PRIOR`) is for tests.
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, manifest: dict, devices=None,
-               compiler_options: dict | None = None):
-    self.mesh = sharding.make_mesh(config.mesh, devices)
-    self.model = make_model(config, manifest)
-    self.tx = make_optimizer(config.optim)
-    example = example_batch(manifest, window_frames(config, manifest))
-    init = functools.partial(create_train_state, self.model, self.tx, example)
-    # As sharding.sharded_initializer: shardings from abstract shapes, then a jitted sharded init.
-    key = jax.random.key(config.seed)
-    self.shardings = sharding.logical_shardings(jax.eval_shape(init, key), self.mesh)
-    # (No compiler_options here: train_lib.run traces init_state under jax.eval_shape.)
-    init_jit = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=self.shardings)
-    self.init_state = lambda: init_jit(key)
-    step = functools.partial(
-        train_step, model=self.model, tx=self.tx, rng=jax.random.key(config.seed + 1),
-        kl_weight_max=config.loss.kl_weight, kl_anneal_steps=config.loss.kl_anneal_steps,
-        label_smoothing=config.loss.label_smoothing, nan_at_step=config.debug.nan_at_step,
-        change_weight=config.loss.change_weight)
-    batch_sharding, replicated = sharding.batch_sharding(self.mesh), sharding.replicated(self.mesh)
-    compiler_options = {**(compile_options.prior() or {}),
-                        **(compiler_options or {})} or None
-    self.train_step = jax.jit(step, in_shardings=(self.shardings, batch_sharding),
-                              out_shardings=(self.shardings, replicated), donate_argnums=0,
-                              compiler_options=compiler_options)
-    self.eval_step = jax.jit(functools.partial(eval_step, model=self.model),
-                             in_shardings=(self.shardings.params, batch_sharding),
-                             out_shardings=replicated, compiler_options=compiler_options)
-
+Setup = loop.Setup  # `model` is the Prior; `eval_step(params, batch)` gives `eval_step`'s sums
 
 # Fields the compiled steps depend on (the rest: cadences, paths, lengths of the run).
-_SETUP_FIELDS = ("seed", "dtype", "mesh", "prior", "optim", "loss", "debug", "data")
+STEP_FIELDS = ("seed", "dtype", "mesh", "prior", "optim", "loss", "debug", "data")
 
 
-def setup(config: ml_collections.ConfigDict, manifest: dict, devices=None,
-          compiler_options: dict | None = None) -> Setup:
-  """`Setup`, cached per (the fields it depends on, manifest, devices, options): runs of the
-  same config in one process (tests, resume) compile once."""
-  fields = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
-            for k in _SETUP_FIELDS}
-  return _setup(json.dumps(fields, sort_keys=True), json.dumps(manifest, sort_keys=True),
-                tuple(devices or jax.devices()), json.dumps(compiler_options, sort_keys=True))
+def setup(config: ml_collections.ConfigDict, manifest: dict, devices=None) -> Setup:
+  """Mesh over `devices` (default all), model, sharded initializer and jitted steps for tokens
+  described by `manifest`. Cached by the STEP_FIELDS of `config`, the manifest and the devices:
+  runs of the same config in one process (tests, resume) compile once."""
+  return _setup(loop.config_key(config, STEP_FIELDS), json.dumps(manifest, sort_keys=True),
+                tuple(jax.devices() if devices is None else devices))
 
 
-@functools.lru_cache(maxsize=None)
-def _setup(config_json: str, manifest_json: str, devices: tuple, options_json: str) -> Setup:
-  return Setup(ml_collections.ConfigDict(json.loads(config_json)), json.loads(manifest_json),
-               list(devices), json.loads(options_json))
+@functools.lru_cache(maxsize=8)
+def _setup(config_json: str, manifest_json: str, devices: tuple[jax.Device, ...]) -> Setup:
+  config, manifest = ml_collections.ConfigDict(json.loads(config_json)), json.loads(manifest_json)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  model, tx = make_model(config, manifest), make_optimizer(config.optim)
+  example = example_batch(manifest, window_frames(config, manifest))
+  init = functools.partial(create_train_state, model, tx, example)
+  init_state, state_shardings = sharding.sharded_initializer(init, mesh,
+                                                             jax.random.key(config.seed))
+  step = functools.partial(
+      train_step, model=model, tx=tx, rng=jax.random.key(config.seed + 1),
+      kl_weight_max=config.loss.kl_weight, kl_anneal_steps=config.loss.kl_anneal_steps,
+      label_smoothing=config.loss.label_smoothing, nan_at_step=config.debug.nan_at_step,
+      change_weight=config.loss.change_weight)
+  train, evaluate = loop.jit_steps(mesh, state_shardings, step,
+                                   functools.partial(eval_step, model=model),
+                                   compile_options.prior(),
+                                   constrain_activations=False)
+  return Setup(config=config, mesh=mesh, model=model, init_state=init_state,
+               state_shardings=state_shardings, train_step=train, eval_step=evaluate)
 
 
-def evaluate(params: Any, *, built: Setup, config: ml_collections.ConfigDict,
-             root: str) -> dict[str, float]:
-  """Eval metrics over `train.eval_batches` validation batches (0: the whole split)."""
-  sums = {}
-  with token_pipeline.create_iterator(
-      config.data, "validation", seed=config.seed, root=root,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      batch_size=config.train.eval_batch_size) as it:
-    for i, batch in enumerate(it):
-      if config.train.eval_batches and i >= config.train.eval_batches:
-        break
-      out = jax.device_get(built.eval_step(params, sharding.put_batch(batch, built.mesh)))
-      for key, value in out.items():
-        sums[key] = sums.get(key, 0.0) + float(value)
-  if not sums:
-    raise ValueError("the validation split gave no batch to evaluate")
-  return summarize_eval(sums)
+def make_eval_fn(s: Setup, config: ml_collections.ConfigDict,
+                 root: str) -> Callable[[loop.TrainState, int], dict[str, float]]:
+  """`eval_fn(state, step)` for `loop.run`: `summarize_eval` of the sums over
+  `train.eval_batches` validation batches (0: the whole split) of the tokens in `root`."""
+
+  def eval_fn(state, step):
+    del step
+    sums = {}
+    with token_pipeline.create_iterator(
+        config.data, "validation", seed=config.seed, root=root,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        batch_size=config.train.eval_batch_size) as it:
+      for i, batch in enumerate(it):
+        if config.train.eval_batches and i >= config.train.eval_batches:
+          break
+        out = jax.device_get(s.eval_step(state.params, sharding.put_batch(batch, s.mesh)))
+        for key, value in out.items():
+          sums[key] = sums.get(key, 0.0) + float(value)
+    if not sums:
+      raise ValueError("the validation split gave no batch to evaluate")
+    return summarize_eval(sums)
+
+  return eval_fn
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None, writer=None,
-          hook=None, with_eval: bool = True,
-          compiler_options: dict | None = None) -> train_lib.TrainState:
-  """train_and_evaluate with test hooks (devices, writer, a per-batch hook, no eval, XLA
-  options); returns the state."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.TrainState:
+  """Trains (or resumes) the prior in `workdir` on the tokens `config` names, evaluating every
+  `train.eval_every` steps; returns the final state. What `python -m nwt_jax.train` calls for
+  `config.model == 'prior'`."""
   if "://" not in workdir:
     workdir = os.path.abspath(workdir)  # orbax refuses relative checkpoint paths
   root = token_pipeline.tokens_dir(config)
@@ -314,46 +301,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None, writ
     # What a FAR prior's first frames are retrieved from (a MAR prior draws them code by code).
     if config.prior.decoder == "far" and frame_bank.load(workdir) is None:
       frame_bank.save(workdir, frame_bank.build(token_pipeline.TokenSource(root, "train")))
-  built = setup(config, manifest, devices, compiler_options)
+  s = setup(config, manifest)
   logging.info("Prior (%s) on tokens %s: grid %s x %d heads, %d codes, %d episodes; %.2fM "
                "parameters.", config.prior.decoder, root, manifest["grid"],
                manifest["code_heads"], manifest["num_codes"], manifest["num_episodes"],
-               prior_lib.num_params(jax.eval_shape(built.init_state).params) / 1e6)
+               prior_lib.num_params(jax.eval_shape(s.init_state).params) / 1e6)
   train_iter = token_pipeline.create_iterator(
       config.data, "train", seed=config.seed, root=root, process_index=jax.process_index(),
       process_count=jax.process_count())
-  if hook is not None:
-    train_iter = _Hooked(train_iter, hook)
-  eval_fn = lambda state, step: evaluate(state.params, built=built, config=config, root=root)
-  eval_fn = eval_fn if with_eval else None
   try:
-    return train_lib.run(config, workdir, mesh=built.mesh, init_state=built.init_state,
-                         state_shardings=built.shardings, train_step=built.train_step,
-                         train_iter=train_iter, eval_fn=eval_fn, writer=writer)
+    return loop.run(config, workdir, s, train_iter, eval_fn=make_eval_fn(s, config, root))
   finally:
     train_iter.close()
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_lib.TrainState:
-  """What `python -m nwt_jax.train` calls for `config.model == 'prior'`."""
-  return train(config, workdir)
-
-
-class _Hooked:
-  """A train iterator that calls `hook(global batch index)` before each batch (tests)."""
-
-  def __init__(self, it, hook):
-    self._it, self._hook = it, hook
-
-  def __next__(self):
-    self._hook(self._it.get_state()["step"])
-    return next(self._it)
-
-  def get_state(self):
-    return self._it.get_state()
-
-  def set_state(self, state):
-    self._it.set_state(state)
-
-  def close(self):
-    self._it.close()

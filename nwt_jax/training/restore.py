@@ -48,6 +48,8 @@ def prior(workdir: str, step: int | None = None
   manifest = json.loads(path.read_text())
 
   def abstract_state(config):
+    if "end_lr_ratio" in config.optim:  # its name in runs before the configs shared one
+      config.optim.end_lr_factor = config.optim.end_lr_ratio
     model, tx = train_prior.make_model(config, manifest), train_prior.make_optimizer(config.optim)
     example = train_prior.example_batch(manifest, train_prior.window_frames(config, manifest))
     init = functools.partial(train_prior.create_train_state, model, tx, example)

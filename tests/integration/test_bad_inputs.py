@@ -18,7 +18,7 @@ import numpy as np
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 import pytest
 
-from configs import dvae as dvae_configs
+from nwt_jax import presets
 from nwt_jax.training import checkpoint
 import toy
 import xla_env
@@ -124,7 +124,7 @@ def test_train_unusable_workdir_is_one_error_line(case, tmp_path):
 
 
 def _tiny_dvae_config(**changes):
-  config = dvae_configs.get_config("tiny")
+  config = presets.load_config("configs/dvae.py:tiny")
   for key, value in {**TINY, **changes}.items():
     section, field = key.split(".")
     config[section][field] = eval(value) if isinstance(value, str) else value  # pylint: disable=eval-used

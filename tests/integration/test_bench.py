@@ -1,12 +1,16 @@
-"""nwt_jax.bench and its PyTorch peer: the JSON record, parameter parity, loss parity with copied
-weights, and generation executables that do not depend on the audio's length. No timing asserts:
-speed figures live in the benchmark's output (README, Performance)."""
+"""The benchmarks (benchmarks/, run by `python -m nwt_jax.bench`) and the PyTorch peer: the JSON
+records, the peak FLOP/s lookup, parameter parity, loss parity with copied weights, and the
+generation benchmark: it decodes what `Generator` decodes, and the executables it compiles do not
+depend on the audio's length. No timing asserts: speed figures live in the benchmark's output
+(README, Performance). The tests import the library, not the CLI module (CLI modules define absl
+flags at import)."""
 
-import copy
 import json
-import re
+import os
+import pathlib
 import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import jax
@@ -15,23 +19,31 @@ import numpy as np
 import optax
 import pytest
 
-torch = pytest.importorskip("torch")
+from benchmarks import generation
+from benchmarks import measure
+from benchmarks import steps
+from benchmarks import workloads
+from nwt_jax import presets
+from nwt_jax.inference import generator as generator_lib
+from nwt_jax.inference import sampling
+from nwt_jax.training import losses
+from nwt_jax.training import dvae as train_dvae
+from nwt_jax.training import prior as train_prior
+from nwt_jax.models import dvae
 
-from configs import dvae as dvae_configs  # pylint: disable=g-import-not-at-top
-from configs import prior as prior_configs  # pylint: disable=g-import-not-at-top
-from nwt_jax import bench  # pylint: disable=g-import-not-at-top
-from nwt_jax.training import losses  # pylint: disable=g-import-not-at-top
-from benchmarks import torch_peer  # pylint: disable=g-import-not-at-top
-from nwt_jax.training import dvae as train_dvae  # pylint: disable=g-import-not-at-top
-from nwt_jax.training import prior as train_prior  # pylint: disable=g-import-not-at-top
-from nwt_jax.models import dvae  # pylint: disable=g-import-not-at-top
+try:
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_peer  # pylint: disable=g-import-not-at-top
+except ImportError:  # the peer's tests skip; the rest need no torch
+  torch = torch_peer = None
+needs_torch = pytest.mark.skipif(torch is None, reason="the PyTorch peer needs torch")
 
 PEAK = (1e11, "test")  # skip the 1 s CPU peak measurement in tests
 
 
 def _small_dvae_config():
   """`tiny` shrunk so a train step compiles in seconds."""
-  c = dvae_configs.get_config("tiny")
+  c = presets.load_config("configs/dvae.py:tiny")
   c.data.batch_size, c.data.height, c.data.width = 2, 16, 16
   c.dvae.channels, c.dvae.res_blocks = (8, 16), (0, 1)
   c.dvae.dim, c.dvae.num_codes, c.dvae.heads, c.dvae.episode_dim = 16, 16, 2, 8
@@ -40,7 +52,7 @@ def _small_dvae_config():
 
 
 def _small_prior_config(decoder="far"):
-  c = prior_configs.get_config(f"tiny,{decoder}")
+  c = presets.load_config(f"configs/prior.py:tiny,{decoder}")
   c.data.batch_size, c.data.frames_per_example = 2, 4
   c.prior.update(max_frames=4, d_model=32, num_heads=2, head_dim=16, mlp_dim=64,
                  temporal_layers=1, audio_layers=1, style_hidden=32, depth_dim=16,
@@ -52,17 +64,33 @@ def _abstract_count(init):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(jax.eval_shape(init))))
 
 
-def test_bench_module_imports_no_tf_torch_or_librosa():
-  code = ("import sys; import nwt_jax.bench; "
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_bench_modules_import_no_tf_torch_or_librosa():
+  code = ("import sys; import nwt_jax.bench, benchmarks.run; "
           "bad = [m for m in ('tensorflow', 'tensorflow_datasets', 'librosa', 'clu', 'torch') "
           "if m in sys.modules]; print(bad)")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=ROOT)
   assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
+def test_bench_cli_outside_a_clone_says_where_to_run_it(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  out = subprocess.run(
+      [sys.executable, "-m", "nwt_jax.bench", "--what=generate",
+       f"--config={ROOT}/configs/prior.py:tiny,far", f"--dvae_config={ROOT}/configs/dvae.py:tiny"],
+      capture_output=True, text=True, cwd=tmp_path, env=env, check=False)
+  assert out.returncode == 1, out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith("error: the benchmarks/ folder"), out.stderr
+  assert "root of a clone" in out.stderr and "Traceback" not in out.stderr
+
+
+@needs_torch
 def test_dvae_step_record_has_every_field_with_peer():
-  w = bench.dvae_workload(_small_dvae_config(), jax.devices()[:1])
-  record = bench.bench_step(w, steps=2, warmup=1, peer="torch", peer_compile="off", block=1,
+  w = workloads.dvae_workload(_small_dvae_config(), jax.devices()[:1])
+  record = steps.bench_step(w, steps=2, warmup=1, peer="torch", peer_compile="off", block=1,
                             peak=PEAK)
   json.dumps(record)  # one JSON line
   assert record["what"] == "dvae_step" and record["throughput_unit"] == "frames/s"
@@ -80,16 +108,17 @@ def test_dvae_step_record_has_every_field_with_peer():
 
 
 def test_prior_step_record_tokens():
-  w = bench.prior_workload(_small_prior_config(), _small_dvae_config(), jax.devices()[:1])
-  record = bench.bench_step(w, steps=2, warmup=1, peak=PEAK)
+  w = workloads.prior_workload(_small_prior_config(), _small_dvae_config(), jax.devices()[:1])
+  record = steps.bench_step(w, steps=2, warmup=1, peak=PEAK)
   assert record["throughput_unit"] == "tokens/s"
   assert record["units_per_step"] == 2 * 4 * 8 * 8 * 2  # B x T x grid (16/2)^2 x heads
   assert record["flops_per_step"] > 0 and 0 < record["utilisation"]
 
 
+@needs_torch
 @pytest.mark.parametrize("model", ["dvae", "prior_far", "prior_mar"])
 def test_peer_parameter_count_equals_jax_for_tiny(model):
-  dc = dvae_configs.get_config("tiny")
+  dc = presets.load_config("configs/dvae.py:tiny")
   if model == "dvae":
     gen, disc = train_dvae.make_models(dc)
     frames = jnp.zeros((1, dc.data.height, dc.data.width, 3), jnp.uint8)
@@ -99,8 +128,8 @@ def test_peer_parameter_count_equals_jax_for_tiny(model):
     peer_g, peer_d = torch_peer.build_dvae(dc)
     assert (torch_peer.num_params(peer_g), torch_peer.num_params(peer_d)) == (jax_g, jax_d)
   else:
-    pc = prior_configs.get_config(f"tiny,{model[6:]}")
-    manifest = bench.manifest_from_dvae(dc, pc.data.frames_per_example)
+    pc = presets.load_config(f"configs/prior.py:tiny,{model[6:]}")
+    manifest = workloads.manifest_from_dvae(dc, pc.data.frames_per_example)
     m = train_prior.make_model(pc, manifest)
     ex = train_prior.example_batch(manifest, pc.data.frames_per_example)
     jax_count = _abstract_count(lambda: m.init(jax.random.key(0), ex["codes"], ex["mel"],
@@ -108,11 +137,12 @@ def test_peer_parameter_count_equals_jax_for_tiny(model):
     assert torch_peer.num_params(torch_peer.build_prior(pc, manifest)) == jax_count
 
 
+@needs_torch
 def test_dvae_peer_losses_equal_jax_with_copied_weights():
   c = _small_dvae_config()
   c.data.height, c.data.width = 16, 14  # odd grid sizes: exercises asymmetric 'SAME' padding
   gen, disc = train_dvae.make_models(c)
-  batch = bench.dvae_batch(c)
+  batch = workloads.dvae_batch(c)
   frames, episode = batch["video"][:, 0], batch["episode"]
   gp = nn.unbox(gen.init(jax.random.key(0), frames, episode, train=False)["params"])
   dp = nn.unbox(disc.init(jax.random.key(1), jnp.zeros(frames.shape, jnp.float32))["params"])
@@ -162,10 +192,11 @@ def test_dvae_peer_losses_equal_jax_with_copied_weights():
   assert norm(peer_d_grads) == pytest.approx(float(d_norm), rel=1e-4)
 
 
+@needs_torch
 @pytest.mark.parametrize("decoder", ["far", "mar", "mar_local", "far_patch", "mar_patch"])
 def test_prior_peer_loss_equals_jax_with_copied_weights(decoder):
   pc = _small_prior_config(decoder.split("_")[0])
-  manifest = bench.manifest_from_dvae(_small_dvae_config(), pc.data.frames_per_example)
+  manifest = workloads.manifest_from_dvae(_small_dvae_config(), pc.data.frames_per_example)
   # 'mar': depth attention over the whole frame; 'mar_local': one grid row and the one before;
   # '*_patch': `tiny`'s spatial path (2x2 patches, copy gate, FiLM, cond skip).
   pc.prior.depth_window_rows = int(decoder == "mar_local")
@@ -175,7 +206,7 @@ def test_prior_peer_loss_equals_jax_with_copied_weights(decoder):
                     audio_dropout=0.2)
     change_weight = 4.0
   model = train_prior.make_model(pc, manifest)
-  batch = bench.prior_batch(pc, manifest)
+  batch = workloads.prior_batch(pc, manifest)
   params = nn.unbox(model.init(jax.random.key(0), batch["codes"], batch["mel"], batch["episode"],
                                train=False)["params"])
   # Perturb the zero-initialised style output so the KL and z paths are exercised too (and the
@@ -204,35 +235,77 @@ def test_prior_peer_loss_equals_jax_with_copied_weights(decoder):
   assert float(loss) == pytest.approx(float(expected), rel=1e-4)
 
 
-def test_guided_generation_decodes_with_and_without_the_audio():
-  pc = _small_prior_config("far")
-  assert pc.prior.audio_dropout > 0  # `tiny` learns the null audio
-  g = bench.Generation(pc, _small_dvae_config(), overlap=1, audio_guidance=3.0)
-  assert g.rows == 2
-  frames = g.run(g.compile(7)[0], bench.synthetic_mel(7))
-  assert frames.shape == (7, 16, 16, 3) and frames.dtype == np.uint8
+def test_peak_flops_lookup_and_cpu_measurement():
+  assert measure.nominal_peak_flops("NVIDIA H100 80GB HBM3") == (989e12, "H100")
+  assert measure.nominal_peak_flops("NVIDIA H200") == (989e12, "H200")
+  assert measure.nominal_peak_flops("TPU v5 lite") == (197e12, "TPU v5 lite")  # not TPU v5's
+  assert measure.nominal_peak_flops("TPU v5p") == (459e12, "TPU v5p")
+  assert measure.nominal_peak_flops("TPU v4") == (275e12, "TPU v4")
+  assert measure.nominal_peak_flops("cpu") is None
+  gpu = lambda kind: types.SimpleNamespace(device_kind=kind, platform="gpu")
+  assert measure.device_peak_flops(gpu("NVIDIA H200"))[0] == 989e12
+  with pytest.raises(ValueError, match="add it to PEAK_FLOPS"):
+    measure.device_peak_flops(gpu("NVIDIA GeForce GTX 480"))
+  peak, source = measure.device_peak_flops(jax.devices("cpu")[0], seconds=0.1)
+  assert source == "measured float32 jnp.dot"
+  # Above 1 GFLOP/s, below every core doing two 16-wide float32 FMAs a cycle at 5 GHz.
+  assert 1e9 < peak < (os.cpu_count() or 1) * 5e9 * 64
+
+
+def _generation(decoder="far", bank_frames=8, **options):
+  """Small random-init models and a factory of their Generator (4-frame windows, overlap 1)."""
+  models = generation.random_models(_small_prior_config(decoder), _small_dvae_config(),
+                                    bank_frames=bank_frames)
+  make = lambda: generator_lib.Generator(models, sampling.SamplingOptions(**options), overlap=1)
+  return models, make
+
+
+def test_generation_decodes_what_the_generator_decodes():
+  models, make = _generation()
+  assert models.window_frames == 4 and models.frame_bank.shape == (8, 8, 8, 2)
+  mel, episodes, z = generation.inputs(models, 11, seed=3)
+  assert mel.shape == (44, 80) and episodes.shape == (11,) and z.shape == (1, 16)
+  episodes[5:] = 1  # a switch: a cut, and each frame rendered with its own episode
+  frames = generation.decode(make(), mel, episodes, z, seed=3)
+  g = make()
+  expected = g.frames(g.codes(mel, episodes, z, 3), episodes)
+  assert frames.shape == (1, 11, 16, 16, 3) and frames.dtype == np.uint8
+  np.testing.assert_array_equal(frames, expected)
+  other = generation.decode(make(), mel, episodes, z, seed=4)
+  assert not np.array_equal(frames, other)  # the seed is the sampler's
 
 
 def test_generation_executables_do_not_depend_on_audio_length():
-  g = bench.Generation(_small_prior_config("far"), _small_dvae_config(), overlap=1)
-  short, _ = g.compile(30 * 30)
-  long_, _ = g.compile(600 * 30)
-  assert short.keys() == long_.keys()  # the sampler and one renderer per window kind
-  def strip(c):  # the HLO without source locations (the two calls sit on different test lines)
-    text = re.sub(r",? ?metadata=\{[^}]*\}", "", c.as_text())
-    # ... nor its debug tables of files, functions and stack frames (an executable loaded from
-    # the persistent compilation cache keeps the tables of the call that compiled it).
-    tables = re.compile(r"^(FileNames|FunctionNames|FileLocations|StackFrames)$|^\d+ ")
-    return "\n".join(line for line in text.splitlines()
-                     if "line=" not in line and not tables.match(line))
-  for key in short:
-    assert strip(short[key]) == strip(long_[key]), key
-  mel = bench.synthetic_mel(11)
-  frames = g.run(short, mel)
-  assert frames.shape == (11, 16, 16, 3) and frames.dtype == np.uint8
-  assert g.windows(11) == [(0, 4), (3, 3), (6, 3), (9, 3)]  # 4-frame windows, 1 frame overlap
+  _, make = _generation()
+  short = generation.executables(make, 30 * 30)
+  long_ = generation.executables(make, 600 * 30)
+  # The same executables (function and abstract arguments) for both lengths ...
+  assert set(short) == set(long_)
+  assert {e.attribute for e in short.values()} == {"_sampler", "_render", "_pick_opening"}
+  # ... called once per window (4 frames, the first repeating the last window's last one): the
+  # sampler and the renderer of the window's new frames; the opening picked once.
+  for executables, frames in ((short, 900), (long_, 18000)):
+    calls = {e.attribute: e.calls for e in executables.values()}
+    windows = len(list(generator_lib.windows(frames, 4, 1)))
+    assert calls == {"_sampler": windows, "_render": windows, "_pick_opening": 1}
+    assert windows == -(-(frames - 1) // 3)
+  _, compiled, seconds = generation.compile_generator(make, short)
+  assert compiled.keys() == short.keys() and seconds > 0
 
 
-def test_peak_flops_table_and_cpu_measurement():
-  assert dict(bench.PEAK_FLOPS)["H200"] == 989e12 and dict(bench.PEAK_FLOPS)["TPU v4"] == 275e12
-  assert bench.measure_matmul_flops(seconds=0.05, n=128, chain=2) > 1e8
+@pytest.mark.parametrize("decoder,guidance", [("far", 3.0), ("mar", 1.0)])
+def test_generation_record(decoder, guidance):
+  pc = _small_prior_config(decoder)
+  assert pc.prior.audio_dropout > 0  # `tiny` learns the null audio guidance needs
+  record = generation.bench_generate(
+      pc, _small_dvae_config(), audio_seconds=0.4, overlap=1, bank_frames=8,
+      options=sampling.SamplingOptions(audio_guidance=guidance), compile_check=False, peak=PEAK)
+  json.dumps(record)  # one JSON line
+  assert record["decoder"] == decoder and record["frames"] == 12 and record["windows"] == 4
+  assert record["window_frames"] == 4 and record["overlap_frames"] == 1
+  bank = {"pick_opening": 1} if decoder == "far" else {}  # a MAR prior draws its first frame
+  assert record["executable_calls"] == {"sampler": 4, "render": 4, **bank}
+  assert record["rtf"] == pytest.approx(record["wall_s"] / 0.4)
+  assert record["flops_per_step"] == pytest.approx(record["flops_total"] / 12)
+  assert record["flops_total"] > 0 and record["compile_s"] > 0
+  assert record["peak_memory_bytes"] > record["argument_bytes"] > 0

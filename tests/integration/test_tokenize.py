@@ -12,7 +12,7 @@ from nwt_jax.data import input_pipeline
 from nwt_jax.data import token_pipeline
 from nwt_jax.models import dvae
 import token_fixtures
-from nwt_jax.training import tokens
+from nwt_jax.training import tokens as tokens_lib
 
 SPLITS = ("train", "validation")
 
@@ -57,7 +57,7 @@ def test_codes_are_the_dvae_encoding_of_every_clip(tokens):
 def test_mouth_cells_follow_the_rendered_mouth():
   truth = np.zeros((2, 7), np.float32)
   truth[1, 2] = 1.0  # camera x: the whole face, mouth included, moves right
-  cells = tokens.mouth_cells(truth, 0, (64, 56), (8, 7))
+  cells = tokens_lib.mouth_cells(truth, 0, (64, 56), (8, 7))
   assert cells[0].any() and cells[1].any()
   cols = lambda c: np.nonzero(c.any(axis=0))[0]
   assert cols(cells[1]).mean() > cols(cells[0]).mean()

@@ -1,9 +1,10 @@
-"""The dVAE trainer: sharding invariance, state memory, bitwise resume, a smoke run, restore_frozen,
+"""The dVAE trainer: sharding invariance, state memory, bitwise resume, a smoke run, restore.dvae,
 the presets.
 
 One small config (tiny widths, 4-frame clips) is shared so its steps compile once
-(`train_dvae.setup` caches by the fields a step depends on): the 1-device step serves the resume,
-smoke and restore tests; the 8-device step is compiled once for the equality and memory tests.
+(`train_dvae.setup` caches by the fields a step depends on): the 1-device step serves the
+equality and resume tests; the 8-device (2 x 2 x 2) step the equality and memory tests and the
+smoke run of `train_and_evaluate` (all devices), whose checkpoints the restore test loads.
 """
 
 import functools
@@ -16,18 +17,22 @@ import numpy as np
 import optax
 import pytest
 
-from configs import dvae as dvae_configs
+from nwt_jax import presets
 from nwt_jax.data import input_pipeline
 from nwt_jax.training import losses
 from nwt_jax.training import sharding
 from nwt_jax.training import dvae as train_dvae
-from nwt_jax.training import loop as train_lib
+from nwt_jax.training import dvae_eval
+from nwt_jax.training import loop
 from nwt_jax.models import dvae
 from nwt_jax.training import restore
+import toy
+
+MESH_222 = dict(data=2, fsdp=2, model=2)
 
 
 def _config(**train):
-  config = dvae_configs.get_config("tiny")
+  config = presets.load_config("configs/dvae.py:tiny")
   config.data.update(batch_size=4, num_frames=4, num_train_clips=8, num_validation_clips=4,
                      num_workers=1, prefetch=1)
   config.dvae.update(channels=(16, 32), res_blocks=(0, 1), dim=32, num_codes=32, heads=4,
@@ -44,7 +49,7 @@ def _config(**train):
 
 def _batches(config, count):
   with input_pipeline.create_iterator(config.data, "train", seed=config.seed) as it:
-    it = train_dvae.FrameIterator(it)
+    it = dvae_eval.FrameIterator(it)
     return [next(it) for _ in range(count)]
 
 
@@ -61,7 +66,7 @@ def _assert_bitwise_equal(a, b):
 def eight_device_run():
   """5 steps on a 2 data x 2 fsdp x 2 model mesh with the AOT-compiled step, and its memory."""
   config = _config(num_steps=5)
-  config.mesh.update(data=2, fsdp=2, model=2)
+  config.mesh.update(MESH_222)
   s = train_dvae.setup(config, jax.devices()[:8])
   batches = [sharding.put_batch(b, s.mesh) for b in _batches(config, 5)]
   compiled = s.lower_train_step(batches[0]).compile()
@@ -108,9 +113,8 @@ def test_ten_steps_save_restore_ten_steps_equals_twenty_bitwise(tmp_path):
   def run(workdir, num_steps):
     config.train.num_steps = num_steps
     with input_pipeline.create_iterator(config.data, "train", seed=config.seed) as it:
-      return train_lib.run(config, str(workdir), mesh=s.mesh, init_state=s.init_state,
-                           state_shardings=s.state_shardings, train_step=s.train_step,
-                           train_iter=train_dvae.FrameIterator(it), writer=_Recorder())
+      return loop.run(config, str(workdir), s, dvae_eval.FrameIterator(it),
+                      writer=toy.RecordingWriter())
 
   run(tmp_path / "resumed", 10)
   resumed = run(tmp_path / "resumed", 20)
@@ -119,44 +123,23 @@ def test_ten_steps_save_restore_ten_steps_equals_twenty_bitwise(tmp_path):
   _assert_bitwise_equal(resumed, straight)
 
 
-class _Recorder:
-  """A clu-style writer that keeps the scalars, passing them on to `inner` (if any)."""
-
-  def __init__(self, inner=None):
-    self.inner, self.scalars = inner, {}
-
-  def write_scalars(self, step, scalars):
-    self.scalars.setdefault(step, {}).update(scalars)
-    if self.inner:
-      self.inner.write_scalars(step, scalars)
-
-  def flush(self):
-    if self.inner:
-      self.inner.flush()
-
-  def close(self):
-    if self.inner:
-      self.inner.close()
-
-
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+  """`train_and_evaluate` on all 8 devices (the 2 x 2 x 2 mesh), and what it wrote."""
   workdir = str(tmp_path_factory.mktemp("dvae"))
   config = _config(num_steps=30, log_every=5, eval_every=15, checkpoint_every=15)
-  writer = _Recorder(train_lib.create_writer(workdir))
-  try:
-    state = train_dvae.train_and_evaluate(config, workdir, writer=writer,
-                                          devices=jax.devices()[:1])
-  finally:
-    writer.close()
-  return config, workdir, state, writer.scalars
+  config.mesh.update(MESH_222)
+  state = train_dvae.train_and_evaluate(config, workdir)
+  return config, workdir, state, toy.scalars(workdir)
 
 
 def test_train_and_evaluate_smoke(smoke_run):
   config, workdir, state, scalars = smoke_run
   assert int(state.step) == 30
-  losses = [scalars[s]["train/l1"] for s in sorted(scalars) if "train/l1" in scalars[s]]
-  assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
+  logged = [s for s in sorted(scalars) if "train/l1" in scalars[s]]
+  assert logged == [1, 2, 5, 10, 15, 20, 25, 30]
+  losses = [scalars[s]["train/l1"] for s in logged]
+  assert losses[-1] < 0.8 * losses[0], losses
   assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == [15, 30]
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
   for step in (15, 30):
@@ -177,7 +160,7 @@ def test_restore_frozen_round_trip(smoke_run):
   assert saved.dvae.to_dict() == {k: list(v) if isinstance(v, tuple) else v
                                   for k, v in config.dvae.to_dict().items()}
   assert model.downsample_factor == 2 and model.num_codes == 32
-  frames = train_dvae.load_eval_set(config)["video"][:2]
+  frames = dvae_eval.load_eval_set(config)["video"][:2]
   codes = model.apply({"params": params}, frames, method=model.encode)
   assert codes.shape == (2, 32, 28, 4) and codes.dtype == jnp.int32
   recon = model.apply({"params": params}, codes, jnp.zeros((2,), jnp.int32), method=model.decode)
@@ -196,7 +179,7 @@ def test_restore_frozen_round_trip(smoke_run):
     ("paper_mem8", (256, 224), (8, 7), 512, 8, 1024),
 ])
 def test_presets(preset, frame, grid, dim, heads, codes):
-  config = dvae_configs.get_config(preset)
+  config = presets.load_config(f"configs/dvae.py:{preset}")
   model, _ = train_dvae.make_models(config)
   assert config.model == "dvae" and config.debug.nan_at_step == -1
   assert (config.data.height, config.data.width) == frame
@@ -208,12 +191,13 @@ def test_presets(preset, frame, grid, dim, heads, codes):
 
 
 def test_paper_mem8_overrides_mem16_only_where_it_differs():
-  mem8, mem16 = (dvae_configs.get_config(p).to_dict() for p in ("paper_mem8", "paper_mem16"))
+  mem8, mem16 = (presets.load_config(f"configs/dvae.py:{p}").to_dict()
+                 for p in ("paper_mem8", "paper_mem16"))
   differ = {f"{s}.{k}" for s in mem16 if isinstance(mem16[s], dict)
             for k in mem16[s] if mem16[s][k] != mem8[s][k]}
   assert differ == {"dvae.channels", "dvae.res_blocks"}
   with pytest.raises(ValueError, match="Unknown config preset"):
-    dvae_configs.get_config("huge")
+    presets.load_config("configs/dvae.py:huge")
 
 
 def test_step_gradients_equal_the_plain_autodiff_of_both_losses():

@@ -15,7 +15,7 @@ import pytest
 from nwt_jax.training import checkpoint
 from nwt_jax.training import sharding
 from nwt_jax import train
-from nwt_jax.training import loop as train_lib
+from nwt_jax.training import loop
 import toy
 import xla_env
 
@@ -62,11 +62,36 @@ def test_run_logs_evaluates_and_checkpoints(reference, tmp_path):
   state, writer, evals = reference
   assert int(state.step) == 20
   assert evals == [(10, 10), (20, 20)]
-  assert sorted(writer.scalars) == [5, 10, 15, 20]
-  losses = [writer.scalars[s]["train/loss"] for s in (5, 20)]
-  assert losses[1] < losses[0]
+  assert sorted(writer.scalars) == [1, 2, 5, 10, 15, 20]  # the 1-2-5 series, then every 5
+  loss = {s: writer.scalars[s]["train/loss"] for s in writer.scalars}  # means since the last
+  assert loss[20] < (loss[1] + loss[2] + 3 * loss[5]) / 5  # steps 16-20 vs 1-5
   assert writer.scalars[20]["train/nonfinite_skips"] == 0
   assert writer.scalars[20]["eval/param_norm"] > 0 and writer.scalars[20]["steps_per_sec"] > 0
+
+
+def _progress_lines(text, num_steps):
+  return [int(step) for step in re.findall(rf"step (\d+)/{num_steps} \(", text)]
+
+
+def test_progress_lines_come_at_1_2_5_then_every_log_every_steps(tmp_path, caplog):
+  """What a person watching sees: lines from the first step on, each with the loss and steps/s,
+  then every log_every steps; a resumed run counts its own steps."""
+  writer = toy.RecordingWriter()
+  with caplog.at_level("INFO"):
+    toy.train(_config(num_steps=25, log_every=10), tmp_path / "fresh", writer=writer)
+  assert _progress_lines(caplog.text, 25) == [1, 2, 5, 10, 20, 25]
+  assert sorted(writer.scalars) == [1, 2, 5, 10, 20, 25]
+  first, second = (re.search(rf"step {s}/25 .*", caplog.text)[0] for s in (1, 2))
+  assert re.fullmatch(r"step 1/25 \(4\.0%\), loss [-\d.e+]+, [\d.]+ steps/s \([\d.]+ s, "
+                      r"compilation included\)", first), first
+  assert re.fullmatch(r"step 2/25 \(8\.0%\), loss [-\d.e+]+, [\d.]+ steps/s, ETA \d\d:\d\d:\d\d",
+                      second), second
+  assert "steps_per_sec" not in writer.scalars[1] and writer.scalars[2]["steps_per_sec"] > 0
+  toy.train(_config(num_steps=10, log_every=10), tmp_path / "resumed")
+  caplog.clear()
+  with caplog.at_level("INFO"):
+    toy.train(_config(num_steps=25, log_every=10), tmp_path / "resumed")
+  assert _progress_lines(caplog.text, 25) == [11, 12, 15, 20, 25]
 
 
 def test_ten_steps_save_restore_ten_steps_equals_twenty_bitwise(reference, tmp_path):
@@ -141,7 +166,7 @@ def test_run_counts_and_logs_skips(tmp_path, caplog):
 
 def test_k_consecutive_nonfinite_steps_stop_with_error_and_last_good_checkpoint(tmp_path):
   config = _config(max_consecutive_nonfinite=3)
-  with pytest.raises(train_lib.NonFiniteError, match="3 consecutive steps .* non-finite"):
+  with pytest.raises(loop.NonFiniteError, match="3 consecutive steps .* non-finite"):
     toy.train(config, tmp_path, nan_from=6)  # every batch from batch 6 on holds NaNs
   step, saved = _restore_latest(tmp_path, config)
   assert 9 <= step < 20
@@ -157,8 +182,8 @@ def test_unknown_model_is_one_clear_error():
 
 def test_entry_point_sigterm_exits_zero_with_a_checkpoint(tmp_path):
   """`python -m nwt_jax.train` on the toy trainer, SIGTERM from outside mid-run."""
-  code = ("import sys; sys.path.insert(0, 'tests/support'); from absl import app; "
-          "from nwt_jax import train; train.TRAINERS['toy'] = 'toy'; app.run(train.main)")
+  code = ("import sys; sys.path.insert(0, 'tests/support'); from nwt_jax import cli, train; "
+          "train.TRAINERS['toy'] = 'toy'; cli.run(train.main, flags_parser=train.parse_flags)")
   env = dict(os.environ, PYTHONPATH=REPO,
              XLA_FLAGS=xla_env.xla_flags(8), JAX_PLATFORMS="cpu")
   proc = subprocess.Popen(
@@ -185,18 +210,18 @@ def test_entry_point_sigterm_exits_zero_with_a_checkpoint(tmp_path):
 
 def test_all_finite_reads_nan_inf_and_overflow_in_any_leaf():
   tree = {"a": np.ones((3, 2), np.float32), "b": [np.zeros(4, np.float32), np.float32(2.0)]}
-  assert bool(train_lib.all_finite(tree))
+  assert bool(loop.all_finite(tree))
   for leaf, bad in ((("a",), np.nan), (("b", 0), np.inf), (("b", 0), -np.inf), (("a",), 1e20)):
     broken = jax.tree.map(np.copy, tree)
     target = broken[leaf[0]] if len(leaf) == 1 else broken[leaf[0]][leaf[1]]
     target.flat[1] = bad  # 1e20: the norm overflows float32, which counts as non-finite
-    assert not bool(train_lib.all_finite(broken)), (leaf, bad)
+    assert not bool(loop.all_finite(broken)), (leaf, bad)
 
 
 def _guarded_update_size(num_leaves: int) -> int:
   """Instructions in the compiled HLO of a guarded SGD update of `num_leaves` parameters."""
   def update(params, grads):
-    ok = train_lib.all_finite(grads)
+    ok = loop.all_finite(grads)
     return jax.tree.map(lambda p, g: jnp.where(ok, p - 0.1 * g, p), params, grads)
   params = [jnp.ones((i + 2, 3)) for i in range(num_leaves)]
   hlo = jax.jit(update).lower(params, params).compile().as_text()

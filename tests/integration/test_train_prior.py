@@ -1,21 +1,23 @@
 """The prior's trainer: presets, 1 vs 8 devices, exact resume, a smoke run with the controls."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import prior as prior_config
-from nwt_jax.training import checkpoint
+from nwt_jax import presets
+from nwt_jax import train
 from nwt_jax.data import frame_bank
 from nwt_jax.data import token_pipeline
-from nwt_jax import train
+from nwt_jax.training import checkpoint
 from nwt_jax.training import prior as train_prior
+from nwt_jax.training import restore
+from nwt_jax.training import sharding
 import token_fixtures
 import toy
-from nwt_jax.training import restore
 
 MESH_222 = dict(data=2, fsdp=2, model=2)
 ONE_DEVICE = dict(data=1, fsdp=1, model=1)
@@ -23,8 +25,6 @@ ONE_DEVICE = dict(data=1, fsdp=1, model=1)
 SMALL = dict(max_frames=4, d_model=32, num_heads=2, head_dim=16, mlp_dim=64, temporal_layers=1,
              spatial_layers=0, audio_layers=1, code_embed_dim=8, style_dim=16, style_hidden=32,
              depth_dim=32, depth_layers=1)
-# XLA's CPU compiler at its lowest effort: these steps run a few times, compile time dominates.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def tokens(tmp_path_factory):
 
 
 def _config(tokens, decoder="far", mesh=MESH_222, **train_fields):
-  c = prior_config.get_config(f"tiny,{decoder}")
+  c = presets.load_config(f"configs/prior.py:tiny,{decoder}")
   c.mesh = mesh
   c.data.update(tokens_dir=tokens, batch_size=4, frames_per_example=4)
   c.prior.update(SMALL)
@@ -47,18 +47,17 @@ def _config(tokens, decoder="far", mesh=MESH_222, **train_fields):
   return c
 
 
-def _train(config, workdir, **kwargs):
-  writer = toy.RecordingWriter()
-  devices = jax.devices()[:config.mesh.data * config.mesh.fsdp * config.mesh.model]
-  state = train_prior.train(config, str(workdir), devices=devices, writer=writer,
-                            compiler_options=FAST_COMPILE, **kwargs)
-  return jax.device_get(state), writer
+def _train(config, workdir):
+  """`train_and_evaluate` on all 8 devices: (the final state on host, {step: {tag: value}} of
+  the TensorBoard events in `workdir`)."""
+  state = train_prior.train_and_evaluate(config, str(workdir))
+  return jax.device_get(state), toy.scalars(workdir)
 
 
 @pytest.mark.parametrize("arg", ["tiny,far", "tiny,mar", "base", "base,mar", "paper,far",
                                  "paper,mar", None])
 def test_presets_parse(arg):
-  c = prior_config.get_config(arg)
+  c = presets.load_config("configs/prior.py" + (f":{arg}" if arg else ""))
   assert c.model == "prior" and train.trainer(c.model) is train_prior
   assert c.prior.decoder == ("mar" if arg and "mar" in arg else "far")
   assert c.prior.style_dim >= 16 and c.data.source == "tokens"
@@ -68,29 +67,29 @@ def test_presets_parse(arg):
 
 def test_unknown_or_conflicting_presets_error():
   with pytest.raises(ValueError, match="Unknown config preset 'huge'"):
-    prior_config.get_config("huge,far")
+    presets.load_config("configs/prior.py:huge,far")
   with pytest.raises(ValueError, match="both set 'decoder'"):
-    prior_config.get_config("tiny,far,mar")
+    presets.load_config("configs/prior.py:tiny,far,mar")
 
 
 @pytest.fixture(scope="module")
 def reference(tokens, tmp_path_factory):
   """20 uninterrupted FAR steps on the 2x2x2 mesh, evaluating at 10 and 20."""
   workdir = tmp_path_factory.mktemp("reference")
-  state, writer = _train(_config(tokens), workdir)
-  return state, writer, workdir
+  state, scalars = _train(_config(tokens), workdir)
+  return state, scalars, workdir
 
 
 def test_smoke_loss_falls_checkpoint_exists_and_controls_are_logged(reference, tokens):
-  state, writer, workdir = reference
+  state, scalars, workdir = reference
   assert int(state.step) == 20
-  first = np.mean([writer.scalars[s]["train/loss"] for s in (1, 2)])
-  last = np.mean([writer.scalars[s]["train/loss"] for s in (19, 20)])
+  first = np.mean([scalars[s]["train/loss"] for s in (1, 2)])
+  last = np.mean([scalars[s]["train/loss"] for s in (19, 20)])
   assert last < first - 0.1, (first, last)
   with checkpoint.Checkpointer(workdir, _config("unused")) as ckpt:
     assert ckpt.latest_step() == 20
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "20"))
-  metrics = writer.scalars[20]
+  metrics = scalars[20]
   for key in ("nll", "accuracy", "kl", "nll_other_audio", "audio_gap", "nll_other_z",
               "style_gap", "mouth_nll", "mouth_nll_other_audio", "mouth_audio_gap"):
     assert np.isfinite(metrics[f"eval/{key}"]), key
@@ -98,9 +97,9 @@ def test_smoke_loss_falls_checkpoint_exists_and_controls_are_logged(reference, t
   # The mean probability of the new code where a code changes (a mean, not a sum: in (0, 1)).
   for key in ("change_p", "mouth_change_p"):
     assert 0 < metrics[f"eval/{key}"] < 1, (key, metrics[f"eval/{key}"])
-  np.testing.assert_allclose(metrics["eval/audio_gap"],
-                             metrics["eval/nll_other_audio"] - metrics["eval/nll"], rtol=1e-6)
-  assert writer.scalars[20]["train/nonfinite_skips"] == 0
+  np.testing.assert_allclose(metrics["eval/audio_gap"],  # float32 event values
+                             metrics["eval/nll_other_audio"] - metrics["eval/nll"], atol=1e-6)
+  assert scalars[20]["train/nonfinite_skips"] == 0
   # What generation loads: the same parameters and the model the manifest describes.
   model, params, config = restore.prior(str(workdir))
   assert config.model == "prior" and model.decoder == "far" and model.d_model == SMALL["d_model"]
@@ -113,23 +112,36 @@ def test_smoke_loss_falls_checkpoint_exists_and_controls_are_logged(reference, t
       [train_clips.clip(i)["codes"] for i in range(len(train_clips))]))
 
 
-def test_ten_steps_save_restore_ten_steps_equals_twenty_bitwise(tokens, reference, tmp_path):
+def test_ten_steps_save_restore_ten_steps_equals_twenty_bitwise(tokens, reference, tmp_path,
+                                                               caplog):
   first, _ = _train(_config(tokens, num_steps=10), tmp_path)
   assert int(first.step) == 10
-  batches = []
-  resumed, _ = _train(_config(tokens), tmp_path, hook=batches.append)
-  assert batches == list(range(10, 20))  # it resumed at batch 10
+  with caplog.at_level("INFO"):
+    resumed, scalars = _train(_config(tokens), tmp_path)
+  # It resumed at step 10 with the data iterator at batch 10, and trained steps 11-20 only.
+  assert re.search(r"Resumed from \S+ at step 10 \(data position \{'step': 10\}\)", caplog.text)
+  assert len(re.findall(r"step \d+/20 \(", caplog.text)) == 10
   jax.tree.map(np.testing.assert_array_equal, resumed, reference[0])
+  np.testing.assert_array_equal([scalars[s]["train/loss"] for s in range(11, 21)],
+                                [reference[1][s]["train/loss"] for s in range(11, 21)])
 
 
 @pytest.mark.parametrize("decoder", ["far", "mar"])
-def test_one_and_eight_devices_give_the_same_losses(tokens, tmp_path, decoder):
+def test_one_and_eight_devices_give_the_same_losses(tokens, decoder):
+  """The same 5 batches through `setup(...)`'s step on 1 device and on the 2 x 2 x 2 mesh."""
+  config = _config(tokens, decoder)
+  manifest = token_pipeline.read_manifest(tokens)
+  with token_pipeline.create_iterator(config.data, "train", seed=config.seed, root=tokens) as it:
+    batches = [next(it) for _ in range(5)]
   losses = {}
-  for mesh in (ONE_DEVICE, MESH_222):
-    config = _config(tokens, decoder, mesh, num_steps=5, eval_every=0, checkpoint_every=0)
-    _, writer = _train(config, tmp_path / str(mesh["data"]), with_eval=False)
-    losses[mesh["data"]] = [writer.scalars[s]["train/loss"] for s in range(1, 6)]
-  np.testing.assert_allclose(losses[1], losses[2], rtol=2e-5)
+  for mesh, devices in ((ONE_DEVICE, jax.devices()[:1]), (MESH_222, jax.devices())):
+    config.mesh = mesh
+    s = train_prior.setup(config, manifest, devices)
+    state, losses[len(devices)] = s.init_state(), []
+    for batch in batches:
+      state, metrics = s.train_step(state, sharding.put_batch(batch, s.mesh))
+      losses[len(devices)].append(float(metrics["loss"]))
+  np.testing.assert_allclose(losses[1], losses[8], rtol=2e-5)
   assert losses[1][-1] < losses[1][0]
 
 

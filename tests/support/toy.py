@@ -1,6 +1,6 @@
 """A toy trainer for the infrastructure tests: a 2-layer MLP regression with logically partitioned
-parameters, adamw, and a data iterator with the CONTRACTS.md interface. It is wired exactly as the
-real trainers are (sharded init, jitted step with explicit shardings, `train_lib.run`)."""
+parameters, adamw, and a data iterator with the CONTRACTS.md interface. It is wired as the real
+trainers are (sharded init, jitted step with explicit shardings, `loop.run`)."""
 
 import functools
 import json
@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from nwt_jax.training import sharding
-from nwt_jax.training import loop as train_lib
+from nwt_jax.training import loop
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -83,7 +83,7 @@ class Iterator:
 def create_state(model, tx, config, rng):
   x = jnp.zeros((1, config.data.features), jnp.float32)
   params = model.init(rng, x)["params"]
-  return train_lib.TrainState.create(params, tx.init(params))
+  return loop.TrainState.create(params, tx.init(params))
 
 
 def train_step(state, batch, *, model, tx, nan_at_step, rng):
@@ -93,13 +93,13 @@ def train_step(state, batch, *, model, tx, nan_at_step, rng):
   def loss_fn(params):
     pred = model.apply({"params": params}, batch["x"] + 0.05 * noise)
     loss = jnp.mean(jnp.square(pred - batch["y"]))
-    return train_lib.inject_nan(loss, state.step, nan_at_step)
+    return loop.inject_nan(loss, state.step, nan_at_step)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state)
-  state, guard = train_lib.apply_if_finite(state, new_state, loss, grads)
+  state, guard = loop.apply_if_finite(state, new_state, loss, grads)
   return state, {"loss": loss, **guard}
 
 
@@ -154,8 +154,18 @@ def train_and_evaluate(config, workdir):
 
 def train(config, workdir, devices=None, writer=None, eval_fn=None, **iterator_kwargs):
   """The toy's train_and_evaluate with test hooks: returns the final state."""
-  mesh, init_state, shardings, step, _ = setup(config, devices)
-  return train_lib.run(config, workdir, mesh=mesh, init_state=init_state,
-                       state_shardings=shardings, train_step=step,
-                       train_iter=Iterator(config, **iterator_kwargs), eval_fn=eval_fn,
-                       writer=writer)
+  mesh, init_state, shardings, step, model = setup(config, devices)
+  s = loop.Setup(config=config, mesh=mesh, model=model, init_state=init_state,
+                 state_shardings=shardings, train_step=step, eval_step=None)
+  return loop.run(config, workdir, s, Iterator(config, **iterator_kwargs), eval_fn=eval_fn,
+                  writer=writer)
+
+
+def scalars(workdir) -> dict[int, dict[str, float]]:
+  """What the runs in `workdir` wrote to TensorBoard, as `RecordingWriter.scalars` holds it."""
+  from nwt_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+  out = {}
+  for tag, (steps, values) in report.read_scalars(str(workdir)).items():
+    for step, value in zip(steps, values):
+      out.setdefault(int(step), {})[tag] = float(value)
+  return out

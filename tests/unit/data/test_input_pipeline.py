@@ -165,7 +165,7 @@ def test_errors_surface_clearly():
 def test_synthetic_inline_imports_no_tf_tfds_or_librosa():
   code = (
       "import sys, ml_collections\n"
-      "from nwt_jax import input_pipeline\n"
+      "from nwt_jax.data import input_pipeline\n"
       f"c = ml_collections.ConfigDict({TINY!r}); c.batch_size = 2\n"
       "next(input_pipeline.create_iterator(c, 'train', seed=0))\n"
       "bad = ('tensorflow', 'tensorflow_datasets', 'librosa', 'imageio', 'imageio_ffmpeg', 'cv2')\n"

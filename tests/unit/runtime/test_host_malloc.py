@@ -40,7 +40,7 @@ def test_settings_keep_the_step_buffers_mapped():
 
 
 def test_nothing_changes_where_jax_runs_on_an_accelerator():
-  program = "from nwt_jax import host_malloc; print(host_malloc.tune_for_cpu())"
+  program = "from nwt_jax.runtime import host_malloc; print(host_malloc.tune_for_cpu())"
   out = subprocess.run([sys.executable, "-c", program], check=True, capture_output=True,
                        text=True, env={**os.environ, "JAX_PLATFORMS": "tpu"}).stdout
   assert out.strip() == "False"
