@@ -85,17 +85,17 @@ def generate(models: Models, request: Request, *, progress: bool = False) -> dic
 def render_in_chunks(generator: Generator, chunks: Iterator[tuple[int, np.ndarray]],
                      episodes: np.ndarray) -> Iterator[np.ndarray]:
   """Renders the codes of `Generator.stream` (first frame, codes [B, n, ...]) as frames
-  [B, m, H, W, 3], DECODE_CHUNK frames a call: a window adds only a few frames, and rendering
-  each window's alone would pad most of every decoder call."""
-  pending, first_pending = [], 0
-  for first, codes in chunks:
-    if not pending:
-      first_pending = first
-    pending.append(codes)
-    if sum(c.shape[1] for c in pending) >= DECODE_CHUNK:
-      codes = np.concatenate(pending, axis=1)
-      yield generator.frames(codes, episodes[first_pending:first_pending + codes.shape[1]])
-      pending = []
-  if pending:
-    codes = np.concatenate(pending, axis=1)
-    yield generator.frames(codes, episodes[first_pending:first_pending + codes.shape[1]])
+  [B, m, H, W, 3] in whole decoder calls of DECODE_CHUNK frames (and one last partial call): a
+  window adds only a few frames, and rendering each window's alone would pad most of a call."""
+  pending, first = None, 0  # codes [B, k, ...] not yet rendered, starting at frame `first`
+  for start, codes in chunks:
+    if pending is None:
+      pending, first = codes, start
+    else:
+      pending = np.concatenate([pending, codes], axis=1)
+    ready = pending.shape[1] // DECODE_CHUNK * DECODE_CHUNK
+    if ready:
+      yield generator.frames(pending[:, :ready], episodes[first:first + ready])
+      pending, first = pending[:, ready:], first + ready
+  if pending is not None and pending.shape[1]:
+    yield generator.frames(pending, episodes[first:first + pending.shape[1]])
