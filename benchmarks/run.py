@@ -1,4 +1,4 @@
-"""One benchmark run -> its JSON record: what `python -m nwt_jax.bench` prints (DESIGN §8).
+"""One benchmark run -> its JSON record: what `python -m nwt_jax.bench` prints.
 
 `dvae_step` and `prior_step` time a train step (`benchmarks.workloads`, `benchmarks.steps`),
 `generate` the decode loop of `nwt_jax.generate` (`benchmarks.generation`).

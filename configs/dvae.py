@@ -1,4 +1,4 @@
-"""Stage 1 config: the adversarial dVAE with the Memcodes bottleneck (DESIGN §5).
+"""Stage 1 config: the adversarial dVAE with the Memcodes bottleneck.
 
     python -m nwt_jax.train --config=configs/dvae.py:tiny --workdir=runs/dvae_tiny
     python -m nwt_jax.train --config=configs/dvae.py:paper_mem16 --workdir=runs/dvae_mem16 \\
@@ -25,7 +25,7 @@ SIZES = ("base", "tiny", "paper_mem16", "paper_mem8")
 PRESETS = {
     "base": {},
     "tiny": dict(
-        dtype="float32",  # CPU: XLA's CPU bf16 matmul is slower than fp32 (DESIGN §5)
+        dtype="float32",  # CPU: XLA's CPU bf16 matmul is slower than fp32
         data=dict(height=64, width=56,  # frames
                   batch_size=16,  # clips per step, one frame of each (frames_per_example)
                   num_train_clips=512),  # 16k train frames, rendered on first use
@@ -45,7 +45,7 @@ PRESETS = {
                    disc_lr=2e-4,  # discriminator peak learning rate
                    warmup_steps=100,  # linear warm-up
                    decay_steps=1000),  # cosine over the whole run
-        train=dict(num_steps=1000,  # README, Stage 1: the measured curve (< 15 min, 2 cores)
+        train=dict(num_steps=1000,  # docs/experiments.md: the measured curve (< 15 min, 2 cores)
                    log_every=50,  # steps per console/TensorBoard line
                    eval_every=200,  # steps between held-out evaluations
                    checkpoint_every=400),  # steps between checkpoints
@@ -79,7 +79,7 @@ def _base() -> ml_collections.ConfigDict:
   # PRNG: threefry is sharding-invariant and splits its work over devices. 'rbg' (XLA's
   # RngBitGenerator, also identical across shardings but generated whole) compiles the
   # initialiser ~3x faster, but XLA:CPU draws its bits ~4x slower: the `tiny` step's Gumbel
-  # noise took 28 ms of ~500 (one core) with it (nwt_jax.bench; README, Performance).
+  # noise took 28 ms of ~500 (one core) with it (nwt_jax.bench; docs/performance.md).
   c.rng_impl = "threefry2x32"
   c.dtype = "bfloat16"  # compute dtype on GPU/TPU; params and norm statistics stay float32
   c.mesh = dict(data=-1,  # data parallel: the rest of the devices

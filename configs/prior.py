@@ -82,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       spatial_patch=2,  # S: the spatial stack sees S x S patches of grid positions (1: cells)
       audio_layers=2,  # bidirectional blocks of the audio encoder
       code_embed_dim=64,  # per-position code embedding width (the sum of its K heads' codes)
-      style_dim=16,  # style latent width (DESIGN: >= 16)
+      style_dim=16,  # style latent width
       style_hidden=128,  # style encoder MLP width
       depth_dim=32,  # MAR depth transformer width (its ~115k tokens a step cost most on CPU)
       depth_layers=1,  # MAR depth transformer blocks
@@ -102,8 +102,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       kl_weight=1.0,  # final KL weight; the KL is divided by the codes per window (1 = ELBO)
       kl_anneal_steps=500,  # KL weight rises linearly from 0 over this many steps
       label_smoothing=0.0,  # cross-entropy label smoothing
-      change_weight=20.0,  # loss weight of codes that differ from the previous frame's (and of
-                           # frame 0's), logit-adjusted: the rare changes carry the audio
+      change_weight=20.0,  # loss weight of codes that differ from the previous frame's,
+                           # logit-adjusted: the rare changes carry the audio
+      frame0_weight=20.0,  # loss weight of codes with no previous frame (frame 0, BOS dropout)
   )
 
   c.optim = dict(

@@ -1,4 +1,4 @@
-"""Benchmarks (DESIGN §8): one JSON line per run, optionally with a PyTorch peer side by side.
+"""Benchmarks: one JSON line per run, optionally with a PyTorch peer side by side.
 
     python -m nwt_jax.bench --what=dvae_step --config=configs/dvae.py:tiny
     python -m nwt_jax.bench --what=prior_step --config=configs/prior.py:tiny,far \\

@@ -1,4 +1,4 @@
-"""Test set-up: 8 virtual CPU devices stand in for a pod slice (DESIGN §5)."""
+"""Test set-up: 8 virtual CPU devices stand in for a pod slice."""
 
 import os
 import pathlib

@@ -3,7 +3,7 @@
 A FAR prior draws a frame's codes independently of each other. From the BOS frame (the first
 frame of a video, or the first after an episode switch) that is a blur of every face the audio,
 episode and style allow, and every later frame copies it: a mouth that starts as a smudge mostly
-stays one (measured on `tiny`, README, Generation). So the first frame is instead the frame of a bank
+stays one (measured on `tiny`, docs/experiments.md). So the first frame is instead the frame of a bank
 of training frames that the prior itself finds most likely there (its guided log-likelihood as
 frame 0 of the window, given the audio, episode and style), and the prior continues from it.
 
@@ -12,7 +12,7 @@ frame 0 of the window, given the audio, episode and style), and the prior contin
     bank = build(token_pipeline.TokenSource(tokens_dir, 'train'))  # int16 [N, gh, gw, K]
     save(workdir, bank); bank = load(workdir)  # None for a workdir without one
 
-and `nwt_jax.generate.Generator` uses it (`opening='bank'`) when the workdir has one.
+and `nwt_jax.inference.generator.Generator` uses it (`opening='bank'`) when the workdir has one.
 """
 
 import io

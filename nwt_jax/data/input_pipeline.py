@@ -12,7 +12,7 @@ the same global batches, and process p loads only its rows [p·B/P, (p+1)·B/P) 
 random access by index: the `tfds` source reads an ArrayRecord build (`as_data_source`), and
 decodes only the window's frames.
 
-Sources, same batch format (TEAM.md):
+Sources, same batch format :
   tfds              a built `nwt_clips` dataset in `data_dir` (TFDS imported lazily, here only).
   synthetic_inline  clips of `nwt_jax.data.synthetic` rendered in memory and cached; imports nothing
                     beyond numpy (GPU machines have no TF, TFDS or librosa). Clip i of a split is
@@ -359,7 +359,7 @@ class DataIterator:
 
 def create_iterator(data_config: ml_collections.ConfigDict, split: str, *, seed: int,
                     process_index: int = 0, process_count: int = 1) -> DataIterator:
-  """The iterator of CONTRACTS.md over `split` ('train' or 'validation')."""
+  """The iterator over `split` ('train' or 'validation')."""
   cfg = default_config()
   unknown = set(data_config.keys()) - set(cfg.keys())
   if unknown:

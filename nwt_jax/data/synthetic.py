@@ -1,4 +1,4 @@
-"""The synthetic world: a procedural talking head whose ground truth is known (DESIGN §6).
+"""The synthetic world: a procedural talking head whose ground truth is known.
 
 Everything is a deterministic function of a seed and uses numpy only. The world is built so that
 the whole NWT pipeline is learnable and *measurable* on a CPU:

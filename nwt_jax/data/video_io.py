@@ -27,6 +27,8 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Iterator
 
+from etils import epath
+import imageio_ffmpeg
 import numpy as np
 
 from nwt_jax.data import constants
@@ -54,7 +56,6 @@ class MediaInfo:
 
 
 def ffmpeg_exe() -> str:
-  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top  (I/O dependency, loaded on use)
   return imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -70,7 +71,6 @@ def local_copy(path) -> Iterator[str]:
   if not is_remote(path):
     yield path
     return
-  from etils import epath  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as scratch:
     local = os.path.join(scratch, os.path.basename(path))
     try:
@@ -236,7 +236,6 @@ def write_video(path: str, frames: np.ndarray | Iterable[np.ndarray], *, fps: fl
     with tempfile.TemporaryDirectory() as scratch:
       local = os.path.join(scratch, os.path.basename(path))
       write_video(local, frames, fps=fps, audio=audio, sample_rate=sample_rate, crf=crf)
-      from etils import epath  # pylint: disable=g-import-not-at-top
       epath.Path(local).copy(path, overwrite=True)
     return
   chunks = iter([frames] if isinstance(frames, np.ndarray) else frames)

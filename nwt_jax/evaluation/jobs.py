@@ -60,13 +60,15 @@ def _mean_style_error(readings, clips) -> float:
 
 def evaluate_generation(models, probe: probe_lib.Probe, clips: list[dict], *, seed: int = 0,
                         options=None, opening: str = "bank", independent_windows: bool = False,
+                        traverse_dims: int = 0,
                         log=print) -> tuple[dict, dict]:
-  """DESIGN §6's generation metrics on held-out clips: lipsync (with the shuffled-audio control
+  """The generation metrics on held-out clips: lipsync (with the shuffled-audio control
   and the best offset), style control (copied vs random style, traversal monotonicity), episode
   control (also after a mid-video switch). With `independent_windows`, also the lipsync of the
   copied-style videos with every window drawn afresh (no prompt from the previous window; the
   video jumps at each window's start): against `lipsync_r`, what continuing its own frames
-  gains or loses. Returns (metrics, samples): samples holds the generated frames and their
+  gains or loses. `traverse_dims` > 0 traverses only the style latent's first dimensions (a MAR
+  prior draws each traversal stream code by code). Returns (metrics, samples): samples holds the generated frames and their
   requests, for the demo's report. `opening`: the `Generator`'s."""
   options = options or sampling.SamplingOptions()
   n, num_episodes = len(clips), models.prior.num_episodes
@@ -106,7 +108,8 @@ def evaluate_generation(models, probe: probe_lib.Probe, clips: list[dict], *, se
   # Traversals of every style dimension around the mean copied z, one window of one clip.
   window = min(num_frames, models.window_frames)
   base = copied_z.mean(axis=0)
-  zs = np.concatenate([controls.traversal_latents(base, d) for d in range(base.shape[0])])
+  dims = range(min(traverse_dims or base.shape[0], base.shape[0]))
+  zs = np.concatenate([controls.traversal_latents(base, d) for d in dims])
   steps = len(controls.TRAVERSE_STEPS)
   trav_gen = Generator(models, options, batch=len(zs), opening=opening)
   trav_mel = mels[0, :constants.MEL_PER_FRAME * window]
@@ -114,7 +117,7 @@ def evaluate_generation(models, probe: probe_lib.Probe, clips: list[dict], *, se
   trav_frames = trav_gen.frames(trav_gen.codes(trav_mel, trav_episode, zs, seed), trav_episode)
   trav_r = _readings(probe, trav_frames)
   traversals = []
-  for d in range(base.shape[0]):
+  for d in dims:
     readings = {k: np.stack([trav_r[d * steps + s][k] for s in range(steps)])
                 for k in TRUTH_KEYS}
     traversals.append(m.traversal_monotonicity(readings, keys=m.STYLE_ERROR_KEYS + ("tilt",)))
@@ -170,7 +173,8 @@ def evaluate_reconstruction(models, clips: list[dict], *,
     recon.append(np.asarray(r))
   originals = np.concatenate([c["video"] for c in clips])
   recon = np.stack(recon)
-  usage = m.code_usage(np.concatenate(indices), dvae.num_codes)
+  flat_recon = recon.reshape(originals.shape)
+  truth = np.concatenate([c["truth"] for c in clips])
   integrity = {}
   if probe is not None:
     readings = _readings(probe, recon)
@@ -179,13 +183,9 @@ def evaluate_reconstruction(models, clips: list[dict], *,
   else:
     measured = np.concatenate([m.mouth_area_ratio(r, c["truth"], c["episode"])
                                for r, c in zip(recon, clips)])
-  true_mouth = np.concatenate([c["truth"][:, TRUTH_KEYS.index("mouth_open")] for c in clips])
-  return {"psnr": m.psnr(originals, recon.reshape(originals.shape)),
-          "ssim": m.ssim(originals, recon.reshape(originals.shape)),
-          "code_usage_min": float(usage["usage"].min()),
-          "code_usage_mean": float(usage["usage"].mean()),
-          "code_perplexity_mean": float(usage["perplexity"].mean()),
-          "mouth_recoverability_r": m.pearson(measured, true_mouth), **integrity}, recon
+  out = m.reconstruction_metrics(originals, flat_recon, np.concatenate(indices), dvae.num_codes,
+                                 truth=truth, measured_mouth=measured)
+  return {**out, **integrity}, recon
 
 
 def load_or_train_probe(path: str, height: int, width: int, *, log=print) -> probe_lib.Probe:

@@ -272,6 +272,24 @@ def mouth_recoverability(measured: np.ndarray, truth: np.ndarray) -> float:
   return pearson(measured, np.asarray(truth)[:, TRUTH_KEYS.index("mouth_open")])
 
 
+def reconstruction_metrics(originals: np.ndarray, recon: np.ndarray, indices: np.ndarray,
+                           num_codes: int, *, truth: np.ndarray | None = None,
+                           measured_mouth: np.ndarray | None = None) -> dict[str, float]:
+  """The dVAE's metrics, one vocabulary for training's eval and `python -m nwt_jax.evaluate`:
+  psnr, ssim, usage_min / usage_mean / perplexity_mean and each head's usage/headK and
+  perplexity/headK, and with the frames' truth [N, 7] mouth_r, the mouth's recoverability from
+  `measured_mouth` [N] (the probe's reading, or `mouth_area_ratio`'s)."""
+  out = {"psnr": psnr(originals, recon), "ssim": ssim(originals, recon)}
+  usage = code_usage(indices, num_codes)
+  out.update(usage_min=float(usage["usage"].min()), usage_mean=float(usage["usage"].mean()),
+             perplexity_mean=float(usage["perplexity"].mean()))
+  for head, (u, p) in enumerate(zip(usage["usage"], usage["perplexity"])):
+    out[f"usage/head{head}"] = float(u)
+    out[f"perplexity/head{head}"] = float(p)
+  if truth is not None and measured_mouth is not None:
+    out["mouth_r"] = mouth_recoverability(measured_mouth, truth)
+  return out
+
 # ----------------------------------------------------------------------------------------------
 # Frame integrity: is each frame still a clean face?
 

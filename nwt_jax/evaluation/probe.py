@@ -1,6 +1,6 @@
 """The evaluation probe: a small CNN that reads the synthetic world's truth back from frames.
 
-DESIGN §6 measures generated video by what a probe sees in it: mouth opening and width, camera
+The evaluation measures generated video by what a probe sees in it: mouth opening and width, camera
 x/y, zoom, tilt, blink and the episode. The probe is trained on frames that
 `synthetic.render_frames` draws from random truth vectors (every combination, not only those that
 speech and clips produce), mixed with frames of whole clips so natural combinations are covered

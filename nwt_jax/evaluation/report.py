@@ -11,12 +11,12 @@ import json
 from collections.abc import Mapping, Sequence
 
 from etils import epath
+import imageio.v3 as iio
 import numpy as np
 
 
 def save_png(path: str, image: np.ndarray) -> None:
   """uint8 [H, W, 3] -> PNG."""
-  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
   iio.imwrite(path, np.asarray(image, np.uint8), extension=".png")
 
 
@@ -40,7 +40,8 @@ def read_scalars(logdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   for tag in acc.Tags().get("scalars", []):
     events = acc.Scalars(tag)
     out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
-  # Runs written by clu's writer (before train_lib wrote simple values) hold scalar tensors.
+  # Runs written by clu's writer (before the training loop wrote simple values) hold scalar
+  # tensors.
   for tag in acc.Tags().get("tensors", []):
     events = acc.Tensors(tag)
     values = [np.asarray(_tensor_value(e.tensor_proto)) for e in events]

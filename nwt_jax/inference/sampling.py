@@ -63,7 +63,7 @@ class SamplingOptions:
   # top-k, top-p). A frame's codes are drawn independently, so each of its ~900 codes changing
   # with its small probability puts stray pieces (an eye on a cheek) into every frame, which
   # the copy gate then keeps; a mouth that should move has a large change probability and still
-  # moves. 0: plain sampling. Measured on `tiny` in README (Generation).
+  # moves. 0: plain sampling. Measured on `tiny` in docs/experiments.md.
   change_threshold: float = 0.0
 
   @property
@@ -319,7 +319,7 @@ def pick_opening(model: prior_lib.Prior, params: PyTree, bank: jax.Array,
   most likely as frame 0 (`opening_scores`), the one whose style posterior mean (`bank_styles`,
   from `opening_styles`) is nearest z. The likelihood alone weighs the mouth and the episode's
   look as much as the camera and zoom, and a bank holds only its clips' few camera settings:
-  measured on `tiny` (README, Generation), it raised the copied-style error by a sixth."""
+  measured on `tiny` (docs/experiments.md), it raised the copied-style error by a sixth."""
   scores = opening_scores(model, params, bank, mel, episode, z, options=options)  # [B, N]
   top = jax.lax.top_k(scores, min(candidates, bank.shape[0]))[1]  # [B, M]
   distance = jnp.sum((bank_styles[top] - z[:, None]) ** 2, axis=-1)  # [B, M]

@@ -1,4 +1,4 @@
-"""Memcodes: the multi-head attention-over-codebook bottleneck of NWT (DESIGN §4).
+"""Memcodes: the multi-head attention-over-codebook bottleneck of NWT.
 
 A faithful port of `Memcodes` in lucidrains/NWT-pytorch: the same parameters (`codes`
 [heads, num_codes, dim // heads], `to_k` and `to_v` [heads, dim // heads, dim // heads], no bias,

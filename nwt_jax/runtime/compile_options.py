@@ -1,4 +1,4 @@
-"""XLA:CPU compiler options for the jitted steps of each model (README, Performance).
+"""XLA:CPU compiler options for the jitted steps of each model (docs/performance.md).
 
 XLA:CPU hands convolutions, dots and reductions to the YNNPACK library by default (jax 0.10).
 Which of them it should keep differs by workload; measured with `python -m nwt_jax.bench` on

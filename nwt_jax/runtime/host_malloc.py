@@ -1,4 +1,4 @@
-"""glibc malloc settings that keep XLA:CPU's per-step buffers mapped (README, Performance).
+"""glibc malloc settings that keep XLA:CPU's per-step buffers mapped (docs/performance.md).
 
 An XLA:CPU executable allocates its temporary buffer (~160 MB for the `tiny` training steps) on
 every call and frees it at the end. glibc serves a block that large with a fresh mmap (from a

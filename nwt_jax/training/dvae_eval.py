@@ -91,19 +91,12 @@ def reconstruct(s: loop.Setup, params: PyTree, eval_set: dict[str, np.ndarray],
 
 def evaluate_reconstructions(eval_set: dict[str, np.ndarray], recon: np.ndarray,
                              indices: np.ndarray, num_codes: int) -> dict[str, float]:
-  """PSNR, SSIM, per-head code usage and perplexity (min/mean and each head's), mouth r."""
-  metrics = {"psnr": metrics_lib.psnr(eval_set["video"], recon),
-             "ssim": metrics_lib.ssim(eval_set["video"], recon)}
-  usage = metrics_lib.code_usage(indices, num_codes)
-  metrics.update(usage_min=float(usage["usage"].min()), usage_mean=float(usage["usage"].mean()),
-                 perplexity_mean=float(usage["perplexity"].mean()))
-  for head, (u, p) in enumerate(zip(usage["usage"], usage["perplexity"])):
-    metrics[f"usage/head{head}"] = float(u)
-    metrics[f"perplexity/head{head}"] = float(p)
-  if "truth" in eval_set:
-    measured = metrics_lib.mouth_area_ratio(recon, eval_set["truth"], eval_set["episode"])
-    metrics["mouth_r"] = metrics_lib.mouth_recoverability(measured, eval_set["truth"])
-  return metrics
+  """`metrics.reconstruction_metrics` of the eval set (mouth_r by pixels where it has truth)."""
+  truth = eval_set.get("truth")
+  measured = (None if truth is None else
+              metrics_lib.mouth_area_ratio(recon, truth, eval_set["episode"]))
+  return metrics_lib.reconstruction_metrics(eval_set["video"], recon, indices, num_codes,
+                                            truth=truth, measured_mouth=measured)
 
 
 def write_samples(path: str, originals: np.ndarray, recon: np.ndarray, zoom: int = 2) -> None:

@@ -48,7 +48,7 @@ class NonFiniteError(errors.UserError, RuntimeError):
 
 
 class DataIterator(Protocol):
-  """The train iterator of CONTRACTS.md: this process's rows of each global batch."""
+  """The train iterator the loop reads: this process's rows of each global batch."""
 
   def __next__(self) -> dict[str, np.ndarray]: ...
   def get_state(self) -> dict[str, Any]: ...

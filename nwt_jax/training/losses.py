@@ -79,13 +79,16 @@ def code_cross_entropy(logits: jax.Array, codes: jax.Array, *,
 
 
 def code_losses(logits: jax.Array, codes: jax.Array, weight: float = 1.0, *,
-                label_smoothing: float = 0.0, prev: jax.Array | None = None
+                label_smoothing: float = 0.0, prev: jax.Array | None = None,
+                first_weight: float | None = None
                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-code losses of codes [...] under logits [..., V], all from one logsumexp:
 
   (cross-entropy under the logits adjusted by `change_weighted_cross_entropy`'s shift
   -log(weight) at the previous code `prev` (-1: none), with label smoothing; the plain NLL;
-  the change weights, weight where the code differs from `prev`, else 1), each float32 [...].
+  the change weights, weight where the code differs from `prev`, else 1, and `first_weight`
+  (default: weight) where there is no previous code, at frame 0 and after a BOS-frame dropout),
+  each float32 [...].
 
   The shift touches one logit per code, so the adjusted logsumexp is the plain one plus
   log(1 - p_prev (1 - 1/weight)), p_prev = softmax(logits)[prev]: one pass over the logits
@@ -108,6 +111,11 @@ def code_losses(logits: jax.Array, codes: jax.Array, weight: float = 1.0, *,
     shift_at_target = shift * (codes == prev)
     shift_mean = shift * (prev >= 0) / logits.shape[-1]
     weights = jnp.where(codes != prev, weight, 1.0)  # prev -1 (frame 0) is never a code
+  if first_weight is not None and first_weight != weight:
+    # Frame 0 sets the look (episode, style); generation replaces it with a frame of the frame
+    # bank, and with `weight` on all of its codes it would take most of a window's loss.
+    prev = prior_lib.previous_frame_codes(codes) if prev is None else prev
+    weights = jnp.where(prev < 0, first_weight, weights)
   ce = shifted_lse - target + shift_at_target
   if label_smoothing:
     mean_log_prob = jnp.mean(logits, axis=-1) - shift_mean - shifted_lse

@@ -112,7 +112,8 @@ def _accuracy(logits: jax.Array, codes: jax.Array) -> jax.Array:
 def train_step(state: loop.TrainState, batch: dict[str, jax.Array], *,
                model: prior_lib.Prior, tx: optax.GradientTransformation, rng: jax.Array,
                kl_weight_max: float, kl_anneal_steps: int, label_smoothing: float,
-               nan_at_step: int, change_weight: float = 1.0
+               nan_at_step: int, change_weight: float = 1.0,
+               frame0_weight: float | None = None
                ) -> tuple[loop.TrainState, dict[str, jax.Array]]:
   """One teacher-forced update; step s's randomness is fold_in(rng, s)."""
   style_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
@@ -125,7 +126,8 @@ def train_step(state: loop.TrainState, batch: dict[str, jax.Array], *,
                               train=True, rngs={"style": style_rng, "dropout": dropout_rng})
     # The change-weighted loss (losses.change_weighted_cross_entropy) and the plain NLL metric.
     ce, nll, w = losses.code_losses(logits, codes, change_weight,
-                                    label_smoothing=label_smoothing, prev=aux["prev_codes"])
+                                    label_smoothing=label_smoothing, prev=aux["prev_codes"],
+                                    first_weight=frame0_weight)
     loss = jnp.sum(w * ce) / jnp.sum(w) + beta * aux["kl"] / codes_per_window
     loss = loop.inject_nan(loss, state.step, nan_at_step)
     return loss, {"nll": jnp.mean(nll), "accuracy": jnp.mean(_accuracy(logits, codes)),
@@ -253,7 +255,7 @@ def _setup(config_json: str, manifest_json: str, devices: tuple[jax.Device, ...]
       train_step, model=model, tx=tx, rng=jax.random.key(config.seed + 1),
       kl_weight_max=config.loss.kl_weight, kl_anneal_steps=config.loss.kl_anneal_steps,
       label_smoothing=config.loss.label_smoothing, nan_at_step=config.debug.nan_at_step,
-      change_weight=config.loss.change_weight)
+      change_weight=config.loss.change_weight, frame0_weight=config.loss.frame0_weight)
   train, evaluate = loop.jit_steps(mesh, state_shardings, step,
                                    functools.partial(eval_step, model=model),
                                    compile_options.prior(),

@@ -1,4 +1,4 @@
-"""The bad-input matrix of README ("Bad input"): each bad input to `python -m nwt_jax.train`,
+"""The bad-input matrix (docs/bad_inputs.md): each bad input to `python -m nwt_jax.train`,
 `nwt_jax.tokenize` and `nwt_jax.generate` is one `error: ...` line (absl's own line for a flag
 error), exit code 1, no traceback and no partial output; a disk that fills up during a
 checkpoint write loses nothing. Rows about dataset building and the generator's own inputs are

@@ -2,7 +2,7 @@
 records, the peak FLOP/s lookup, parameter parity, loss parity with copied weights, and the
 generation benchmark: it decodes what `Generator` decodes, and the executables it compiles do not
 depend on the audio's length. No timing asserts: speed figures live in the benchmark's output
-(README, Performance). The tests import the library, not the CLI module (CLI modules define absl
+(docs/performance.md). The tests import the library, not the CLI module (CLI modules define absl
 flags at import)."""
 
 import json

@@ -1,10 +1,26 @@
-"""The demo's stages on small sizes (the full `make demo` run is the slow end-to-end test)."""
+"""The demo: its stages on small sizes, and `python -m nwt_jax.demo` end to end (FAR, then MAR) at
+a tiny size (the full `make demo` run is the same command at its default sizes)."""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
 
 import numpy as np
+import pytest
+import xla_env
 
-from nwt_jax.evaluation import demo
+from nwt_jax import presets
 from nwt_jax.data import input_pipeline
 from nwt_jax.data import synthetic
+from nwt_jax.data import video_io
+from nwt_jax.evaluation import demo
+from nwt_jax.inference import controls
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_dataset_stage_builds_once_and_summarises(tmp_path):
@@ -20,3 +36,136 @@ def test_dataset_stage_builds_once_and_summarises(tmp_path):
   expected = synthetic.make_clip(input_pipeline.synthetic_clip_seed("validation", 1),
                                  num_frames=8)
   np.testing.assert_array_equal(example["video"], expected["video"])
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end
+
+# The smallest demo that runs every stage: the tiny dVAE evaluates 64 validation clips a batch
+# (configs/dvae.py), so the validation split has 64; the held-out clips are two windows of the
+# tiny prior (8 frames, configs/prior.py), the episode switch at the second. A MAR prior samples
+# code by code, so its evaluation dominates (the traversal: 16 style dims x 5 steps = 80 streams).
+SIZES = dict(num_train_clips=16, num_validation_clips=64, num_frames=16, dvae_steps=3,
+             prior_steps=3, eval_clips=2, eval_frames=16)
+# The generated clip of the generate stage (`demo.run`): 120 frames of a held-out clip's audio.
+GENERATED_FRAMES = 120
+
+
+class _Recording(dict):
+  """A dict that records which keys were read."""
+
+  def __init__(self, *args):
+    super().__init__(*args)
+    self.read = []
+
+  def __getitem__(self, key):
+    self.read.append(key)
+    return super().__getitem__(key)
+
+
+def _bar_keys(metrics: dict) -> list[str]:
+  """The metrics the demo's bar table (`demo._bars`) shows; a missing one raises KeyError."""
+  recording = _Recording(metrics)
+  demo._bars(recording)
+  return list(dict.fromkeys(recording.read))
+
+
+def _is_correlation(key: str) -> bool:
+  """Pearson r and Spearman: NaN where a reading is constant, which 3 training steps can give."""
+  return key.endswith("_r") or "_r_" in key or "spearman" in key
+
+
+VIDEOS = ("copied_style.mp4", "random_style.mp4", "episode_switch.mp4", "traversal.mp4",
+          "generated.mp4")
+
+
+def _run_demo(workdir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
+  """`python -m nwt_jax.demo` at SIZES into workdir, on one CPU device as `make demo` runs it
+  (with the tests' compile flags and compilation cache, which its stages inherit)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=xla_env.xla_flags(1))
+  args = [f"--workdir={workdir}", *(f"--{k}={v}" for k, v in SIZES.items()), *flags]
+  proc = subprocess.run([sys.executable, "-m", "nwt_jax.demo", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+  return proc
+
+
+def _check_demo(workdir: pathlib.Path, proc: subprocess.CompletedProcess, preset: str) -> dict:
+  """The demo's outputs in workdir: the dataset it was asked for, the report with its videos, and
+  every bar a number in its range. Returns the metrics."""
+  summary = json.loads((workdir / "dataset_summary.json").read_text())
+  assert summary["splits"] == {"train": SIZES["num_train_clips"],
+                               "validation": SIZES["num_validation_clips"]}, summary
+  assert summary["clip_shape"] == [SIZES["num_frames"], *demo.DEMO_FRAME_SIZE, 3], summary
+
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  keys = _bar_keys(metrics)
+  assert len(keys) >= 12 and "lipsync_r" in keys and "psnr" in keys, keys
+  for key in keys:
+    value = metrics[key]
+    if isinstance(value, str):  # the style key the best traversal moves
+      assert value in synthetic.TRUTH_KEYS, (key, value)
+      continue
+    assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
+    if _is_correlation(key):
+      assert math.isnan(value) or -1.0 - 1e-9 <= value <= 1.0 + 1e-9, (key, value)
+    else:
+      assert math.isfinite(value), (key, value)
+    if "accuracy" in key or "usage" in key:
+      assert 0.0 <= value <= 1.0, (key, value)
+  assert metrics["psnr"] > 0 and metrics["style_error_copied"] >= 0, metrics
+  assert isinstance(metrics["lipsync_best_offset"], int), metrics
+  assert 0 <= metrics["traversal_best_dim"] < 16, metrics  # the tiny prior's style_dim
+  assert metrics["num_clips"] == SIZES["eval_clips"], metrics
+  assert metrics["num_frames"] == SIZES["eval_frames"], metrics
+
+  site = workdir / "report"
+  html = (site / "report.html").read_text()
+  assert f"a {preset} prior" in html and "lipsync r (copied style)" in html
+  height, width = demo.DEMO_FRAME_SIZE
+  window = presets.load_config(f"configs/prior.py:{preset}").data.frames_per_example
+  frames = {"generated.mp4": GENERATED_FRAMES, "traversal.mp4": min(SIZES["eval_frames"], window)}
+  for name in VIDEOS:
+    assert name in html, name
+    info = video_io.probe(str(site / name))
+    streams = len(controls.TRAVERSE_STEPS) if name == "traversal.mp4" else 1  # side by side
+    assert (info.height, info.width) == (height, streams * width) and info.has_audio, info
+    video = video_io.read_video(str(site / name), height=info.height, width=info.width)
+    assert len(video) == frames.get(name, SIZES["eval_frames"]), (name, video.shape)
+  for image in ("reconstructions.png", "traversal.png", "dvae_curves.png", "prior_curves.png"):
+    assert (site / image).stat().st_size > 0, image
+  assert "Report: " in proc.stdout and "seconds per stage" in proc.stdout
+  return metrics
+
+
+@pytest.fixture(scope="module")
+def far_demo(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("demo_far")
+  return workdir, _run_demo(workdir)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(far_demo):
+  workdir, proc = far_demo
+  _check_demo(workdir, proc, "tiny,far")
+  # The probe trained in the background while the tokenizer and the prior ran, and passed its bar.
+  assert (workdir / "probe.npz").exists()
+  assert "held-out r mouth_open" in (workdir / "probe.log").read_text()
+  assert json.loads((workdir / "prior" / "sampling.json").read_text())["change_threshold"] == 0.2
+
+
+@pytest.mark.slow
+def test_mar_demo_runs_end_to_end(far_demo, tmp_path):
+  # The FAR run's dataset, dVAE, tokens and probe: the demo keeps finished stages, so only the
+  # MAR prior is trained, and its evaluation traverses one style dimension (a MAR prior draws
+  # each of a traversal's streams code by code).
+  for name in ("tfds", "dvae", "tokens", "probe.npz"):
+    source = far_demo[0] / name
+    (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+  proc = _run_demo(tmp_path, "--prior_preset=tiny,mar", "--traverse_dims=1")
+  metrics = _check_demo(tmp_path, proc, "tiny,mar")
+  assert metrics["traversal_best_dim"] == 0  # the only dimension traversed
+  assert not (tmp_path / "probe.log").exists()
+  # The FAR sampler's change threshold is dropped for a MAR prior (a MAR prior refuses it).
+  assert json.loads((tmp_path / "prior" / "sampling.json").read_text())["change_threshold"] == 0.0
+  assert "--change_threshold=0.0 " in proc.stdout  # the generate stage's command line

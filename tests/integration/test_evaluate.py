@@ -1,4 +1,4 @@
-"""The evaluation probe (nwt_jax/probe.py) and the metrics of DESIGN §6 (nwt_jax/evaluate.py)."""
+"""The evaluation probe (nwt_jax/evaluation/probe.py) and the metrics (nwt_jax/evaluation/metrics.py)."""
 
 import numpy as np
 import pytest
@@ -256,27 +256,52 @@ def test_mouth_recoverability_by_pixels_follows_the_mouth_and_not_a_shuffled_one
 # The evaluation job, driven by an oracle generator whose answers are known
 
 
+# Frames at the start of a window drawn afresh after the first whose mouth the oracle gets wrong.
+RESET_FRAMES = 6
+
+
 class _Oracle:
-  """Stands in for `generator.Generator`: draws each requested stream from its clip's truth with
-  the requested per-frame episodes and the style z[:3] as (cam_x, cam_y, zoom)."""
+  """Stands in for the `generator.Generator` class (patched in as `jobs.Generator`): each call
+  returns an `_OracleGenerator` for that call's overlap (the real default: a quarter window), and
+  records the overlap in `overlaps`."""
 
   def __init__(self, clips):
     self._clips = {audio_lib.frame_features(c["audio"].astype(np.float32) / 32768.0)[0][:4]
                    .tobytes(): c for c in clips}
-    self._truth = None
+    self.overlaps = []
 
   def __call__(self, models, options, batch=1, overlap=None, opening="bank"):
-    del models, options, batch, overlap, opening
-    return self
+    del options, batch, opening
+    window = models.window_frames
+    overlap = window // 4 if overlap is None else overlap
+    self.overlaps.append(overlap)
+    return _OracleGenerator(self._clips, window, overlap)
+
+
+class _OracleGenerator:
+  """Draws each requested stream from its clip's truth with the requested per-frame episodes and
+  the style z[:3] as (cam_x, cam_y, zoom), in the real generator's windows
+  (`generator.windows`): a window after the first that starts afresh (no prompt: each one with
+  overlap 0, and the one at an episode switch) has not seen the mouth before it, so its first
+  RESET_FRAMES frames show the mouth wide open, whatever the audio says."""
+
+  def __init__(self, clips, window, overlap):
+    self._clips, self._window, self._overlap = clips, window, overlap
+    self._truth = None
 
   def codes(self, mel, episodes, z, seed):
     del seed
     episodes = np.broadcast_to(episodes, (len(z), np.shape(episodes)[-1]))
     mel = np.broadcast_to(mel, (len(z),) + np.shape(mel)[-2:])
+    num_frames = episodes.shape[1]
     truths = []
     for row in range(len(z)):
-      truth = self._clips[mel[row, :4].tobytes()]["truth"][:episodes.shape[1]].copy()
+      truth = self._clips[mel[row, :4].tobytes()]["truth"][:num_frames].copy()
       truth[:, [KEYS.index(k) for k in ("cam_x", "cam_y", "zoom")]] = np.clip(z[row, :3], -1, 1)
+      cuts = np.flatnonzero(np.diff(episodes[row])) + 1
+      for start, prompt, _ in generator.windows(num_frames, self._window, self._overlap, cuts):
+        if start > 0 and prompt == 0:
+          truth[start:start + RESET_FRAMES, KEYS.index("mouth_open")] = 1.0
       truths.append(truth)
     self._truth = np.stack(truths)
     return np.zeros(episodes.shape + (1, 1, 1), np.int32)
@@ -286,11 +311,22 @@ class _Oracle:
     return np.stack([synthetic.render_frames(t, e) for t, e in zip(self._truth, episodes)])
 
 
+def _lipsync_of_reset_truth(clips, reset_at):
+  """The lipsync r of the clips' true mouths with RESET_FRAMES frames from `reset_at` wide open,
+  against the true mouths: what the oracle's reset costs, without the probe."""
+  true_mouth = [c["truth"][:, KEYS.index("mouth_open")] for c in clips]
+  reset = [t.copy() for t in true_mouth]
+  for t in reset:
+    t[reset_at:reset_at + RESET_FRAMES] = 1.0
+  return metrics.lipsync(reset, true_mouth)["r"]
+
+
 def test_evaluation_job_reports_known_answers_for_an_oracle(trained_probe, monkeypatch):
   import types
   clips = jobs.heldout_clips(6, 48, 64, 56)
   style_of = {c["video"][0].tobytes(): c["style"] for c in clips}
-  monkeypatch.setattr(jobs, "Generator", _Oracle(clips))
+  oracle = _Oracle(clips)
+  monkeypatch.setattr(jobs, "Generator", oracle)
   monkeypatch.setattr(jobs.controls, "reference_style",
                       lambda models, frames: np.pad(style_of[frames[0].tobytes()], (0, 12)))
   models = types.SimpleNamespace(prior=types.SimpleNamespace(num_episodes=8), window_frames=32)
@@ -298,7 +334,12 @@ def test_evaluation_job_reports_known_answers_for_an_oracle(trained_probe, monke
                                                   independent_windows=True, log=lambda _: 0)
   # The probe's own ceiling on rendered speech clips is about 0.89 (mouths are mostly near closed).
   assert metrics["lipsync_r"] > 0.8 and metrics["lipsync_best_offset"] == 0, metrics
-  assert metrics["lipsync_r_independent_windows"] == pytest.approx(metrics["lipsync_r"])
+  # Windows drawn afresh (overlap 0: frames 32.. start without a prompt) lose the mouth for
+  # RESET_FRAMES frames; the default windows (a prompt of 8 frames) never do.
+  expected = _lipsync_of_reset_truth(clips, reset_at=32)  # 0.66, from the truth itself
+  assert metrics["lipsync_r_independent_windows"] == pytest.approx(expected, abs=0.1), metrics
+  assert metrics["lipsync_r_independent_windows"] < metrics["lipsync_r"] - 0.15, metrics
+  assert sorted(set(oracle.overlaps)) == [0, 8], oracle.overlaps
   assert abs(metrics["lipsync_shuffled_r"]) < 0.3, metrics
   assert metrics["style_error_copied"] < 0.5 * metrics["style_error_random"], metrics
   assert metrics["episode_accuracy"] > 0.95 and metrics["episode_accuracy_after_switch"] > 0.9

@@ -1,5 +1,5 @@
 """A toy trainer for the infrastructure tests: a 2-layer MLP regression with logically partitioned
-parameters, adamw, and a data iterator with the CONTRACTS.md interface. It is wired as the real
+parameters, adamw, and a data iterator with the loop's iterator interface. It is wired as the real
 trainers are (sharded init, jitted step with explicit shardings, `loop.run`)."""
 
 import functools

@@ -5,7 +5,7 @@
 
 Restores the latest checkpoint in WORKDIR onto this process group's devices (mesh data=-1 x
 fsdp=2), writes the restored state gathered from all processes to OUT_DIR/restored.npz, trains
-on to NUM_STEPS with `train_lib.run` (which resumes from that same checkpoint and saves at the
+on to NUM_STEPS with `loop.run` (which resumes from that same checkpoint and saves at the
 end from all processes) and writes the final state to OUT_DIR/final.npz (process 0 writes).
 """
 

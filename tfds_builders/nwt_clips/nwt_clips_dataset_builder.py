@@ -1,4 +1,4 @@
-"""nwt_clips: talking-head clips (frames + 24 kHz audio + episode label) for nwt_jax (DESIGN §3).
+"""nwt_clips: talking-head clips (frames + 24 kHz audio + episode label) for nwt_jax.
 
 Configs:
   synthetic (default): clips of `nwt_jax.data.synthetic`, a deterministic function of seeds; train and

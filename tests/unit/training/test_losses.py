@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nwt_jax.models import prior as prior_lib
 from nwt_jax.training import losses
 
 
@@ -112,3 +113,19 @@ def test_change_weight_scales_the_changed_codes():
   expected = (2 * 3 * ce + unchanged + 3 * changed) / (2 * 3 + 1 + 3)
   got = float(losses.change_weighted_cross_entropy(logits, codes, 3.0))
   assert got == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_first_weight_applies_exactly_where_no_previous_code_was_seen():
+  rng = np.random.default_rng(0)
+  codes = jnp.asarray(rng.integers(0, 4, (2, 3, 2, 2, 1)))  # [B, T, gh, gw, K]
+  logits = jnp.asarray(rng.normal(size=codes.shape + (4,)), jnp.float32)
+  prev = prior_lib.previous_frame_codes(codes)
+  prev = prev.at[1, 2].set(-1)  # as if window 1's frame 2 saw the BOS frame (dropout)
+  ce, nll, w = losses.code_losses(logits, codes, 5.0, prev=prev)
+  ce1, nll1, w1 = losses.code_losses(logits, codes, 5.0, prev=prev, first_weight=1.5)
+  none_seen = np.asarray(prev < 0)
+  assert none_seen.sum() == 2 * 4 + 4  # frame 0 of both windows and the dropped frame
+  np.testing.assert_array_equal(np.asarray(w1)[none_seen], 1.5)
+  np.testing.assert_array_equal(np.asarray(w1)[~none_seen], np.asarray(w)[~none_seen])
+  np.testing.assert_array_equal(ce1, ce)  # only the weights change, not the adjusted losses
+  np.testing.assert_array_equal(nll1, nll)
