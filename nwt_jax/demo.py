@@ -29,6 +29,8 @@ flags.DEFINE_integer("eval_clips", _DEFAULTS.eval_clips, "Held-out clips the eva
 flags.DEFINE_integer("eval_frames", _DEFAULTS.eval_frames, "Frames per held-out clip.")
 flags.DEFINE_integer("traverse_dims", _DEFAULTS.traverse_dims,
                      "Style dimensions the evaluation traverses (0: all).")
+flags.DEFINE_integer("generate_frames", _DEFAULTS.generate_frames,
+                     "Frames of held-out audio the generate stage turns into generated.mp4.")
 _OPTIONS = _DEFAULTS.options
 cli.define_sampling_flags(temperature=_OPTIONS.temperature, top_k=_OPTIONS.top_k,
                           top_p=_OPTIONS.top_p, audio_guidance=_OPTIONS.audio_guidance,
@@ -45,7 +47,8 @@ def main() -> None:
       num_validation_clips=FLAGS.num_validation_clips, num_frames=FLAGS.num_frames,
       dvae_steps=FLAGS.dvae_steps, prior_steps=FLAGS.prior_steps,
       prior_preset=FLAGS.prior_preset, eval_clips=FLAGS.eval_clips,
-      eval_frames=FLAGS.eval_frames, traverse_dims=FLAGS.traverse_dims, options=options,
+      eval_frames=FLAGS.eval_frames, traverse_dims=FLAGS.traverse_dims,
+      generate_frames=FLAGS.generate_frames, options=options,
       opening=opening, seed=FLAGS.seed))
 
 

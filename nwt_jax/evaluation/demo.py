@@ -62,6 +62,7 @@ class Settings:
   eval_clips: int = 16  # held-out clips the evaluation generates
   eval_frames: int = 64  # frames per held-out clip (two prior windows)
   traverse_dims: int = 0  # style dimensions the evaluation traverses (0: all)
+  generate_frames: int = 120  # the generate stage's held-out audio (the episode switches halfway)
   options: sampling.SamplingOptions = sampling.SamplingOptions(
       temperature=0.7, audio_guidance=3.0, change_threshold=0.2)
   opening: str = "bank"  # a fresh window's first frame (Generator)
@@ -316,13 +317,14 @@ def run(s: Settings) -> dict:
   # sampling flag is given.
   print(f"Sampling settings stored in {settings.save(str(workdir / 'prior'), s.options, s.opening)}")
 
-  clip = jobs.heldout_clips(1, 120, *DEMO_FRAME_SIZE)[0]
+  clip = jobs.heldout_clips(1, s.generate_frames, *DEMO_FRAME_SIZE)[0]
+  switch = s.generate_frames // 2 / constants.FPS  # seconds
   _write_clip_audio(workdir / "heldout.wav", clip)
   timings["generate"] = _run("generate", [
       "nwt_jax.generate", f"--dvae_workdir={workdir / 'dvae'}",
       f"--prior_workdir={workdir / 'prior'}", f"--audio={workdir / 'heldout.wav'}",
       f"--output={workdir / 'generated.mp4'}",
-      f"--episode_schedule=0:{clip['episode']},2:{(clip['episode'] + 3) % 8}",
+      f"--episode_schedule=0:{clip['episode']},{switch:g}:{(clip['episode'] + 3) % 8}",
       f"--temperature={s.options.temperature}", f"--top_k={s.options.top_k}",
       f"--top_p={s.options.top_p}", f"--audio_guidance={s.options.audio_guidance}",
       f"--change_threshold={s.options.change_threshold}", f"--opening={s.opening}",

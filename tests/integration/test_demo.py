@@ -47,8 +47,9 @@ def test_dataset_stage_builds_once_and_summarises(tmp_path):
 # code by code, so its evaluation dominates (the traversal: 16 style dims x 5 steps = 80 streams).
 SIZES = dict(num_train_clips=16, num_validation_clips=64, num_frames=16, dvae_steps=3,
              prior_steps=3, eval_clips=2, eval_frames=16)
-# The generated clip of the generate stage (`demo.run`): 120 frames of a held-out clip's audio.
-GENERATED_FRAMES = 120
+# The generate stage's clip (`demo.run`): frames of a held-out clip's audio, the episode switching
+# halfway (a MAR prior draws each frame code by code: 896 draws a frame for `tiny`).
+GENERATED_FRAMES = {"tiny,far": 120, "tiny,mar": 24}
 
 
 class _Recording(dict):
@@ -124,7 +125,8 @@ def _check_demo(workdir: pathlib.Path, proc: subprocess.CompletedProcess, preset
   assert f"a {preset} prior" in html and "lipsync r (copied style)" in html
   height, width = demo.DEMO_FRAME_SIZE
   window = presets.load_config(f"configs/prior.py:{preset}").data.frames_per_example
-  frames = {"generated.mp4": GENERATED_FRAMES, "traversal.mp4": min(SIZES["eval_frames"], window)}
+  frames = {"generated.mp4": GENERATED_FRAMES[preset],
+            "traversal.mp4": min(SIZES["eval_frames"], window)}
   for name in VIDEOS:
     assert name in html, name
     info = video_io.probe(str(site / name))
@@ -155,17 +157,21 @@ def test_demo_runs_end_to_end(far_demo):
 
 
 @pytest.mark.slow
-def test_mar_demo_runs_end_to_end(far_demo, tmp_path):
-  # The FAR run's dataset, dVAE, tokens and probe: the demo keeps finished stages, so only the
-  # MAR prior is trained, and its evaluation traverses one style dimension (a MAR prior draws
-  # each of a traversal's streams code by code).
-  for name in ("tfds", "dvae", "tokens", "probe.npz"):
-    source = far_demo[0] / name
-    (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
-  proc = _run_demo(tmp_path, "--prior_preset=tiny,mar", "--traverse_dims=1")
-  metrics = _check_demo(tmp_path, proc, "tiny,mar")
+def test_mar_demo_runs_end_to_end(far_demo):
+  # In the FAR run's workdir, without its prior and report: the demo keeps finished stages (the
+  # dataset, the dVAE, the tokens and the probe; their configs name this workdir's paths), so
+  # only the MAR prior is trained. Its evaluation traverses one style dimension: a MAR prior
+  # draws each of a traversal's streams code by code. (This test runs after the FAR test.)
+  workdir = far_demo[0]
+  for name in ("prior", "report", "metrics.json"):
+    path = workdir / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+  probe_log = (workdir / "probe.log").read_text()
+  proc = _run_demo(workdir, "--prior_preset=tiny,mar", "--traverse_dims=1",
+                   f"--generate_frames={GENERATED_FRAMES['tiny,mar']}")
+  metrics = _check_demo(workdir, proc, "tiny,mar")
   assert metrics["traversal_best_dim"] == 0  # the only dimension traversed
-  assert not (tmp_path / "probe.log").exists()
+  assert (workdir / "probe.log").read_text() == probe_log  # no new probe
   # The FAR sampler's change threshold is dropped for a MAR prior (a MAR prior refuses it).
-  assert json.loads((tmp_path / "prior" / "sampling.json").read_text())["change_threshold"] == 0.0
+  assert json.loads((workdir / "prior" / "sampling.json").read_text())["change_threshold"] == 0.0
   assert "--change_threshold=0.0 " in proc.stdout  # the generate stage's command line
