@@ -57,9 +57,10 @@ def pytest_unconfigure(config):
 # With `--dist loadfile` a file runs on one worker and files are handed out in collection order:
 # the files that take minutes go first, so none of them starts last while the other worker idles
 # (heaviest first; the rest keep their order).
-HEAVY_FILES = ("test_evaluate.py", "test_multiprocess.py", "test_prior.py", "test_bench.py",
-               "test_train_prior.py", "test_bad_inputs.py", "test_sampling.py", "test_generate.py",
-               "test_train_dvae.py", "test_dvae.py", "test_builder.py", "test_video_io.py")
+HEAVY_FILES = ("test_demo.py", "test_evaluate.py", "test_multiprocess.py", "test_prior.py",
+               "test_bench.py", "test_train_prior.py", "test_bad_inputs.py", "test_sampling.py",
+               "test_generate.py", "test_train_dvae.py", "test_dvae.py", "test_builder.py",
+               "test_video_io.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -67,7 +68,7 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FILES)))
 
 
-# XLA:CPU's per-step buffers reused rather than mapped anew (nwt_jax/host_malloc.py): before any
+# XLA:CPU's per-step buffers reused rather than mapped anew (nwt_jax/runtime/host_malloc.py): before any
 # test runs a computation.
 from nwt_jax.runtime import host_malloc  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -42,14 +42,15 @@ def test_dataset_stage_builds_once_and_summarises(tmp_path):
 # End to end
 
 # The smallest demo that runs every stage: the tiny dVAE evaluates 64 validation clips a batch
-# (configs/dvae.py), so the validation split has 64; the held-out clips are two windows of the
-# tiny prior (8 frames, configs/prior.py), the episode switch at the second. A MAR prior samples
-# code by code, so its evaluation dominates (the traversal: 16 style dims x 5 steps = 80 streams).
+# (configs/dvae.py), so the validation split has 64; FAR's held-out clips are two windows of the
+# tiny prior (8 frames, configs/prior.py), the episode switch at the second.
 SIZES = dict(num_train_clips=16, num_validation_clips=64, num_frames=16, dvae_steps=3,
-             prior_steps=3, eval_clips=2, eval_frames=16)
-# The generate stage's clip (`demo.run`): frames of a held-out clip's audio, the episode switching
-# halfway (a MAR prior draws each frame code by code: 896 draws a frame for `tiny`).
-GENERATED_FRAMES = {"tiny,far": 120, "tiny,mar": 24}
+             prior_steps=3, eval_clips=2)
+# Per prior preset: the evaluation's and the generate stage's frames (the generated clip's episode
+# switches halfway) and the style dimensions traversed. A MAR prior draws each frame code by code
+# (896 draws for `tiny`): one window of evaluation and 12 generated frames.
+RUNS = {"tiny,far": dict(eval_frames=16, generate_frames=48, traverse_dims=2),
+        "tiny,mar": dict(eval_frames=8, generate_frames=12, traverse_dims=1)}
 
 
 class _Recording(dict):
@@ -80,11 +81,13 @@ VIDEOS = ("copied_style.mp4", "random_style.mp4", "episode_switch.mp4", "travers
           "generated.mp4")
 
 
-def _run_demo(workdir: pathlib.Path, *flags: str) -> subprocess.CompletedProcess:
+def _run_demo(workdir: pathlib.Path, preset: str) -> subprocess.CompletedProcess:
   """`python -m nwt_jax.demo` at SIZES into workdir, on one CPU device as `make demo` runs it
   (with the tests' compile flags and compilation cache, which its stages inherit)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=xla_env.xla_flags(1))
-  args = [f"--workdir={workdir}", *(f"--{k}={v}" for k, v in SIZES.items()), *flags]
+  sizes = dict(SIZES, **RUNS[preset])
+  args = [f"--workdir={workdir}", f"--prior_preset={preset}",
+          *(f"--{k}={v}" for k, v in sizes.items())]
   proc = subprocess.run([sys.executable, "-m", "nwt_jax.demo", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
@@ -118,22 +121,23 @@ def _check_demo(workdir: pathlib.Path, proc: subprocess.CompletedProcess, preset
   assert isinstance(metrics["lipsync_best_offset"], int), metrics
   assert 0 <= metrics["traversal_best_dim"] < 16, metrics  # the tiny prior's style_dim
   assert metrics["num_clips"] == SIZES["eval_clips"], metrics
-  assert metrics["num_frames"] == SIZES["eval_frames"], metrics
+  assert metrics["num_frames"] == RUNS[preset]["eval_frames"], metrics
 
   site = workdir / "report"
   html = (site / "report.html").read_text()
   assert f"a {preset} prior" in html and "lipsync r (copied style)" in html
   height, width = demo.DEMO_FRAME_SIZE
   window = presets.load_config(f"configs/prior.py:{preset}").data.frames_per_example
-  frames = {"generated.mp4": GENERATED_FRAMES[preset],
-            "traversal.mp4": min(SIZES["eval_frames"], window)}
+  eval_frames = RUNS[preset]["eval_frames"]
+  frames = {"generated.mp4": RUNS[preset]["generate_frames"],
+            "traversal.mp4": min(eval_frames, window)}
   for name in VIDEOS:
     assert name in html, name
     info = video_io.probe(str(site / name))
     streams = len(controls.TRAVERSE_STEPS) if name == "traversal.mp4" else 1  # side by side
     assert (info.height, info.width) == (height, streams * width) and info.has_audio, info
     video = video_io.read_video(str(site / name), height=info.height, width=info.width)
-    assert len(video) == frames.get(name, SIZES["eval_frames"]), (name, video.shape)
+    assert len(video) == frames.get(name, eval_frames), (name, video.shape)
   for image in ("reconstructions.png", "traversal.png", "dvae_curves.png", "prior_curves.png"):
     assert (site / image).stat().st_size > 0, image
   assert "Report: " in proc.stdout and "seconds per stage" in proc.stdout
@@ -143,7 +147,7 @@ def _check_demo(workdir: pathlib.Path, proc: subprocess.CompletedProcess, preset
 @pytest.fixture(scope="module")
 def far_demo(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("demo_far")
-  return workdir, _run_demo(workdir)
+  return workdir, _run_demo(workdir, "tiny,far")
 
 
 @pytest.mark.slow
@@ -167,8 +171,7 @@ def test_mar_demo_runs_end_to_end(far_demo):
     path = workdir / name
     shutil.rmtree(path) if path.is_dir() else path.unlink()
   probe_log = (workdir / "probe.log").read_text()
-  proc = _run_demo(workdir, "--prior_preset=tiny,mar", "--traverse_dims=1",
-                   f"--generate_frames={GENERATED_FRAMES['tiny,mar']}")
+  proc = _run_demo(workdir, "tiny,mar")
   metrics = _check_demo(workdir, proc, "tiny,mar")
   assert metrics["traversal_best_dim"] == 0  # the only dimension traversed
   assert (workdir / "probe.log").read_text() == probe_log  # no new probe
