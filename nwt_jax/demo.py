@@ -7,8 +7,6 @@ and writes WORKDIR/report/report.html (`nwt_jax.evaluation.demo`). A rerun resum
 training runs and tokens are kept, the rest is redone.
 """
 
-import dataclasses
-
 from absl import flags
 
 from nwt_jax import cli
@@ -39,9 +37,8 @@ cli.define_sampling_flags(temperature=_OPTIONS.temperature, top_k=_OPTIONS.top_k
 
 def main() -> None:
   options, opening = cli.sampling_settings()
-  if "mar" in FLAGS.prior_preset.split(",") and not FLAGS["change_threshold"].present:
-    # The change threshold is a FAR sampler's: a MAR prior draws each code in turn.
-    options = dataclasses.replace(options, change_threshold=0.0)
+  options = demo.options_for(FLAGS.prior_preset, options,
+                             threshold_given=FLAGS["change_threshold"].present)
   demo.run(demo.Settings(
       workdir=FLAGS.workdir, num_train_clips=FLAGS.num_train_clips,
       num_validation_clips=FLAGS.num_validation_clips, num_frames=FLAGS.num_frames,

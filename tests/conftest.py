@@ -63,6 +63,11 @@ HEAVY_FILES = ("test_demo.py", "test_evaluate.py", "test_multiprocess.py", "test
                "test_video_io.py")
 
 
+def pytest_addoption(parser):
+  parser.addoption("--mar_demo", action="store_true",
+                   help="also run the demo end to end with a MAR prior (2-3 minutes)")
+
+
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(HEAVY_FILES)}
   items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY_FILES)))

@@ -69,6 +69,15 @@ class Settings:
   seed: int = 0  # the trainings' seed (data order, initialisation) and the sampling seed
 
 
+def options_for(prior_preset: str, options: sampling.SamplingOptions, *,
+                threshold_given: bool) -> sampling.SamplingOptions:
+  """The demo's sampling options for a prior preset: the change threshold is a FAR sampler's (a
+  MAR prior draws each code in turn and refuses one), so a MAR demo drops it unless given."""
+  if "mar" in prior_preset.split(",") and not threshold_given:
+    return dataclasses.replace(options, change_threshold=0.0)
+  return options
+
+
 def _nwt_clips():
   """The `nwt_clips` builder module from the repository's tfds_builders/ (not a pip package)."""
   builders = REPO / "tfds_builders"
