@@ -66,13 +66,13 @@ def sampling_settings(prior_workdir: str | None = None, *, flag_values=FLAGS
       values[key], sources[key] = stored[key], "stored"
     else:
       values[key], sources[key] = flag.value, "flag" if flag.present else "default"
+  logging.info("sampling: %s", ", ".join(
+      f"{key} {values[key]} ({sources[key]})" for key in settings.KEYS))
   opening = values.pop("opening")
   try:
     options = sampling.SamplingOptions(**values)
   except ValueError as e:
     raise errors.InvalidInput(str(e)) from None
-  logging.info("sampling: %s", ", ".join(
-      f"{key} {values.get(key, opening)} ({sources[key]})" for key in settings.KEYS))
   return options, opening
 
 

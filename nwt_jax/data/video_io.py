@@ -28,7 +28,6 @@ import tempfile
 from collections.abc import Iterable, Iterator
 
 from etils import epath
-import imageio_ffmpeg
 import numpy as np
 
 from nwt_jax.data import constants
@@ -56,6 +55,9 @@ class MediaInfo:
 
 
 def ffmpeg_exe() -> str:
+  # Loaded on use: GPU machines (and the benchmarks, which import this module through the
+  # generator's controls) lack imageio-ffmpeg.
+  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
   return imageio_ffmpeg.get_ffmpeg_exe()
 
 

@@ -25,6 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / PACKAGE
 
 HEAVY_OPTIONAL = frozenset({"tensorflow", "tensorflow_datasets", "torch", "librosa", "PIL",
                             "dm_pix", "matplotlib", "tensorboard", "tqdm", "apache_beam",
+                            "imageio_ffmpeg",
                             # Folders of the repository, not installed with the package: the
                             # TFDS builder (imports TFDS) and the benchmarks (torch peer).
                             "nwt_clips", "benchmarks"})
