@@ -96,6 +96,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       copy_gate=True,  # each code's logits + g * one_hot(the previous frame's code there)
       spatial_film=True,  # the previous frame's cells scaled by (1 + W h_t): audio x content
       cond_skip=True,  # the frame's cond (audio, episode, style) also straight to its cells
+      anchor=False,  # every frame also sees (and may copy) a clean anchor frame: the opening one
+      prev_code_noise=0.0,  # P(a cell of the previous-frame input shows a random cell's codes)
+      autoregressive=True,  # False: no frame sees its predecessor (anchor, audio, style only)
   )
 
   c.loss = dict(

@@ -1,9 +1,9 @@
 """What every command line shares: one runner, and the flags that several commands take.
 
-Each CLI module (`nwt_jax.train`, `tokenize`, `generate`, `evaluate`, `demo`, `bench`) defines its
-own flags at import, parses nothing else and calls one library function through `run`, which
-turns a `nwt_jax.errors.UserError` into one `error: ...` line and exit code 1 (no traceback; any
-other exception is a bug and keeps its traceback). Orbax's INFO lines (a dozen per checkpoint)
+Each CLI module (`nwt_jax.train`, `tokenize`, `generate`, `evaluate`, `demo`, `footage`, `bench`)
+defines its own flags at import, parses nothing else and calls one library function through `run`,
+which turns a `nwt_jax.errors.UserError` into one `error: ...` line and exit code 1 (no traceback;
+any other exception is a bug and keeps its traceback). Orbax's INFO lines (a dozen per checkpoint)
 are hidden unless `--verbosity=1` (absl's own flag) asks for them.
 """
 

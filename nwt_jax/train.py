@@ -4,10 +4,12 @@
     python -m nwt_jax.train --config=configs/prior.py:tiny,far --workdir=runs/prior \\
         --config.optim.lr=3e-4          # any config field can be overridden like this
 
-Rerunning the same command resumes from the workdir's latest checkpoint; SIGTERM checkpoints and
-exits 0. Multi-process runs (`NWT_DISTRIBUTED=1`, multi-task SLURM or Open MPI, multi-host TPU
-VMs, or explicit `--coordinator_address/--num_processes/--process_id`) call
-`jax.distributed.initialize` first.
+Before anything is compiled or written, the config is checked against its data and workdir
+(`nwt_jax.training.checks`: frame size, episodes, audio rate, clip length); the episode names of
+the data (a `folder` dataset's folders) go into WORKDIR/episodes.json. Rerunning the same command
+resumes from the workdir's latest checkpoint; SIGTERM checkpoints and exits 0. Multi-process runs
+(`NWT_DISTRIBUTED=1`, multi-task SLURM or Open MPI, multi-host TPU VMs, or explicit
+`--coordinator_address/--num_processes/--process_id`) call `jax.distributed.initialize` first.
 """
 
 import importlib
@@ -22,7 +24,9 @@ from ml_collections.config_flags import config_flags as config_flags_impl
 
 from nwt_jax import cli
 from nwt_jax import errors
+from nwt_jax.data import episodes
 from nwt_jax.runtime import distributed
+from nwt_jax.training import checks
 from nwt_jax.training import workdir
 
 FLAGS = flags.FLAGS
@@ -100,15 +104,19 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+  names = checks.check(FLAGS.config, FLAGS.workdir)  # reads only: nothing is written yet
   if "tensorflow" in sys.modules:  # Keep TF (data pipeline) off the accelerators JAX uses.
     sys.modules["tensorflow"].config.set_visible_devices([], "GPU")
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info("JAX process %d / %d; %d local devices of %d: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
+  module = trainer(FLAGS.config.model)
   created = workdir.prepare(FLAGS.workdir)
+  if names is not None and jax.process_index() == 0:
+    episodes.save(FLAGS.workdir, names)
   try:
-    trainer(FLAGS.config.model).train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    module.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except errors.UserError:
     # Bad input (a wrong model name or path, a config that doesn't fit the devices or the
     # workdir's checkpoint, a diverged run): a workdir this run created is removed unless it

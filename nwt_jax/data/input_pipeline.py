@@ -9,8 +9,12 @@ Global batch k is a pure function of (seed, k, dataset): row r is example `order
 stream of epoch permutations (a permutation per epoch, seeded by (seed, epoch)), and its window of
 `frames_per_example` frames starts at an offset drawn from (seed, k, r). So any process count sees
 the same global batches, and process p loads only its rows [p·B/P, (p+1)·B/P) — which needs
-random access by index: the `tfds` source reads an ArrayRecord build (`as_data_source`), and
-decodes only the window's frames.
+random access by index. The `tfds` source has it for both file formats a build may have: an
+ArrayRecord build through `as_data_source`, a TFRecord build (TFDS's default) through an index
+of its records' byte offsets, made when the iterator opens by reading each record's 12-byte
+header (`TfRecordIndex`). Both give the very same batches, and resume by `set_state` alike; the
+TFRecord index costs one pass of header reads per split (seek + 12 bytes per clip). It decodes
+only the window's frames.
 
 Sources, same batch format :
   tfds              a built `nwt_clips` dataset in `data_dir` (TFDS imported lazily, here only).
@@ -26,6 +30,7 @@ when the source has it; mask bool [B'] only for one-pass iterators with drop_rem
 
 import concurrent.futures
 import functools
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -112,8 +117,81 @@ def _synthetic_clip(split, index, num_frames, height, width, num_episodes, base_
   return clip
 
 
+class TfRecordIndex:
+  """Random access to the records of TFRecord files, in order: record i is the i-th record of
+  their concatenation (a TFDS split's shards, each cut to its file instruction's [skip, take)).
+
+  A TFRecord record is: uint64 length, uint32 CRC of the length, `length` bytes, uint32 CRC of
+  the data. The index holds each record's (file, data offset, length), found by reading only the
+  headers; reads are positional (`os.pread`, thread-safe) for local files, seek + read under a
+  lock otherwise (gs://). CRCs are not checked (TFDS's own reader does not either by default).
+  """
+
+  def __init__(self, instructions: list[tuple[str, int, int]]):
+    """instructions: (path, skip, take) per file; take -1 = to the end."""
+    self._files, self._locks, self._entries = [], [], []
+    for number, (path, skip, take) in enumerate(instructions):
+      local = not is_remote(path)
+      handle = os.open(path, os.O_RDONLY) if local else _open_remote(path)
+      self._files.append((local, handle))
+      self._locks.append(threading.Lock())
+      entries = self._scan(number, skip, take)
+      self._entries.extend(entries)
+
+  def _scan(self, number: int, skip: int, take: int) -> list[tuple[int, int, int]]:
+    entries, offset, size = [], 0, self._size(number)
+    while offset < size and (take < 0 or len(entries) < skip + take):
+      header = self._read(number, offset, 12)
+      if len(header) < 12:
+        raise errors.InvalidInput(f"truncated TFRecord file (record {len(entries)})")
+      length = int.from_bytes(header[:8], "little")
+      entries.append((number, offset + 12, length))
+      offset += 12 + length + 4
+    return entries[skip:]
+
+  def _size(self, number: int) -> int:
+    local, handle = self._files[number]
+    if local:
+      return os.fstat(handle).st_size
+    with self._locks[number]:
+      return handle.size()
+
+  def _read(self, number: int, offset: int, length: int) -> bytes:
+    local, handle = self._files[number]
+    if local:
+      return os.pread(handle, length, offset)
+    with self._locks[number]:
+      handle.seek(offset)
+      return handle.read(length)
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def __getitem__(self, index: int) -> bytes:
+    number, offset, length = self._entries[index]
+    return self._read(number, offset, length)
+
+  def close(self) -> None:
+    for local, handle in self._files:
+      if local:
+        os.close(handle)
+      else:
+        handle.close()
+    self._files = []
+
+
+def is_remote(path: str) -> bool:
+  return "://" in str(path)
+
+
+def _open_remote(path: str):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (tfds source only: gs:// etc.)
+  return tf.io.gfile.GFile(path, "rb")
+
+
 class TfdsSource:
-  """A split of a built nwt_clips dataset, read by index from its ArrayRecord files."""
+  """A split of a built nwt_clips dataset, read by index from its ArrayRecord or TFRecord
+  files."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, split: str):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (tfds source only)
@@ -126,20 +204,30 @@ class TfdsSource:
           f"No built dataset {where}: build it first, e.g. `tfds build tfds_builders/nwt_clips "
           f"--config=synthetic --data_dir={cfg.data_dir or '<data_dir>'}`") from e
     file_format = builder.info.file_format
-    if file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    if file_format == tfds.core.FileFormat.ARRAY_RECORD:
+      self._records = builder.as_data_source(
+          split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    elif file_format == tfds.core.FileFormat.TFRECORD:
+      self._records = TfRecordIndex([(os.fspath(f.filename), f.skip, f.take)
+                                     for f in builder.info.splits[split].file_instructions])
+    else:
       raise errors.InvalidInput(
           f"{where} is stored as {file_format.value if file_format else 'unknown'}; the input "
-          f"pipeline needs random access: rebuild it with `tfds build ... "
-          f"--file_format=array_record` (the nwt_clips builder's default).")
-    self._records = builder.as_data_source(
-        split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+          f"pipeline reads tfrecord (TFDS's default) and array_record builds: rebuild it with "
+          f"`tfds build ... --file_format=tfrecord`.")
     self._features = builder.info.features
     self._decoders = {"video": _keep_encoded_decoder()}
 
   def __len__(self) -> int:
     return len(self._records)
 
+  def close(self) -> None:
+    if isinstance(self._records, TfRecordIndex):
+      self._records.close()
+
   def load(self, indices: list[int], pool: concurrent.futures.Executor) -> list[dict]:
+    if isinstance(self._records, TfRecordIndex):
+      return list(pool.map(lambda i: self._decode(self._records[i]), indices))
     records = self._records.__getitems__(indices)  # array_record reads them in parallel
     return list(pool.map(self._decode, records))
 
@@ -314,6 +402,8 @@ class DataIterator:
   def close(self) -> None:
     self._halt()
     self._pool.shutdown(wait=False, cancel_futures=True)
+    if hasattr(self._source, "close"):
+      self._source.close()
 
   def __enter__(self):
     return self

@@ -10,8 +10,8 @@ It chains the commands a user runs (README), each as its own process, then measu
   generate  python -m nwt_jax.generate on a held-out clip's audio with an episode switch;
   evaluate  the probe (trained once, checked against its r >= 0.95 bar) reads held-out generated
             videos: lipsync, style and episode control, traversals; dVAE PSNR/SSIM and codes;
-  report    WORKDIR/report.html: sample videos, a reconstruction grid, a traversal grid, training
-            curves and the metrics table with their bars.
+  report    WORKDIR/report/report.html (`python -m nwt_jax.report --workdir=WORKDIR` writes the
+            same): the bars, sample videos, training curves, code usage and the Memcodes explorer.
 A rerun resumes: finished training runs and tokens are kept, the rest is redone.
 """
 
@@ -25,12 +25,11 @@ import time
 import wave
 
 from absl import logging
-import numpy as np
+from etils import epath
 
 from nwt_jax import errors
 from nwt_jax.data import constants
 from nwt_jax.data import synthetic
-from nwt_jax.data import video_io
 from nwt_jax.evaluation import jobs
 from nwt_jax.evaluation import report
 from nwt_jax.inference import generator
@@ -41,12 +40,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 DEMO_FRAME_SIZE = (64, 56)  # (H, W) of the demo's clips: the `tiny` dVAE's frames
-CURVES = {
-    "dvae": ("train/loss", "train/l1", "eval/psnr", "eval/ssim", "eval/usage_min",
-             "eval/mouth_r"),
-    "prior": ("train/loss", "eval/nll", "eval/mouth_change_p", "eval/audio_gap",
-              "eval/mouth_audio_gap", "eval/style_gap"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,35 +184,7 @@ def _write_clip_audio(path: pathlib.Path, clip: dict) -> None:
     f.writeframes(clip["audio"].astype("<i2").tobytes())
 
 
-def _bars(metrics: dict) -> list[dict]:
-  """The metrics table: value, bar and pass/fail for every measured bar of the issues."""
-  rows = []
-
-  def row(name, value, bar=None, ok=None, fmt="{:.3f}"):
-    status = "" if ok is None else ("pass" if ok else "fail")
-    rows.append({"name": name, "value": fmt.format(value), "bar": bar or "", "status": status})
-
-  m = metrics
-  row("dVAE PSNR (dB, held-out)", m["psnr"], ">= 26", m["psnr"] >= 26, "{:.2f}")
-  row("dVAE SSIM", m["ssim"])
-  row("codes in use, least-used head", m["usage_min"], ">= 0.5", m["usage_min"] >= 0.5)
-  row("mouth recoverable from reconstructions (r)", m["mouth_r"], ">= 0.9",
-      m["mouth_r"] >= 0.9)
-  row("lipsync r (copied style)", m["lipsync_r"], ">= 0.6", m["lipsync_r"] >= 0.6)
-  row("lipsync r, shuffled-audio control", m["lipsync_shuffled_r"], "|r| <= 0.15",
-      abs(m["lipsync_shuffled_r"]) <= 0.15)
-  row("best audio-video offset (frames)", m["lipsync_best_offset"], "0",
-      m["lipsync_best_offset"] == 0, "{:d}")
-  row("lipsync r (random style)", m["lipsync_r_random_style"])
-  row("episode accuracy", m["episode_accuracy"], ">= 0.9", m["episode_accuracy"] >= 0.9)
-  row("episode accuracy within 1 s after a switch", m["episode_accuracy_after_switch"],
-      ">= 0.9", m["episode_accuracy_after_switch"] >= 0.9)
-  row("style error, copied style (cam x/y, zoom)", m["style_error_copied"],
-      "<= 0.5 x random", m["style_error_copied"] <= 0.5 * m["style_error_random"])
-  row("style error, random style", m["style_error_random"])
-  row(f"traversal: dim {m['traversal_best_dim']} moves {m['traversal_best_controls']} "
-      "(Spearman)", m["traversal_best_spearman"])
-  return rows
+_bars = report.bar_table  # the bar table the demo prints (and its report shows)
 
 
 def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: int,
@@ -227,71 +192,30 @@ def evaluate_and_report(workdir: pathlib.Path, *, num_clips: int, num_frames: in
                         seed: int = 0, traverse_dims: int = 0,
                         prior_preset: str = "tiny,far"):
   """The evaluate and report stages (in this process; options: `sampling.SamplingOptions`):
-  returns the metrics."""
+  `report.measure` writes the measurements and sample videos into WORKDIR/report, then
+  `report.build` (what `python -m nwt_jax.report --workdir=WORKDIR` runs) writes the page.
+  Returns (metrics, the bar table)."""
 
   print("\n=== evaluate", flush=True)
   start = time.perf_counter()
   models = generator.load_models(str(workdir / "dvae"), str(workdir / "prior"))
   height, width = models.frame_size
   probe = jobs.load_or_train_probe(str(workdir / "probe.npz"), height, width)
-  clips = jobs.heldout_clips(num_clips, num_frames, height, width,
-                                 models.prior.num_episodes)
-  metrics, recon = jobs.evaluate_reconstruction(models, clips, probe=probe)
-  generation, samples = jobs.evaluate_generation(models, probe, clips, options=options,
-                                                    opening=opening, seed=seed,
-                                                    traverse_dims=traverse_dims)
-  metrics.update(generation)
+  clips = jobs.heldout_clips(num_clips, num_frames, height, width, models.prior.num_episodes)
+  site = workdir / "report"
+  metrics = report.measure(models, probe, clips, epath.Path(site), options=options,
+                           opening=opening, seed=seed, traverse_dims=traverse_dims)
+  (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
   timings["evaluate"] = time.perf_counter() - start
 
-  site = workdir / "report"
-  site.mkdir(exist_ok=True)
-  audio = clips[0]["audio"]
-  videos = []
-  for name, caption, frames in [
-      ("copied_style.mp4", "held-out audio, style copied from the clip", samples["copied"][0]),
-      ("random_style.mp4", "the same audio, style z ~ N(0, I)", samples["random"][0]),
-      ("episode_switch.mp4", f"episode {samples['own_episode'][0, 0]} -> "
-       f"{samples['switched_episode'][0, -1]} at {num_frames // 2 / constants.FPS:.2f} s",
-       samples["switched"][0])]:
-    video_io.write_video(str(site / name), frames, fps=constants.FPS, audio=audio)
-    videos.append((caption, name))
-  trav = samples["traversal"]  # [5, T, H, W, 3]
-  video_io.write_video(str(site / "traversal.mp4"), generator.tile(trav), fps=constants.FPS,
-                       audio=audio[:trav.shape[1] * constants.SAMPLES_PER_FRAME])
-  videos.append((f"traversal of style dim {metrics['traversal_best_dim']}: -2..2 sigma",
-                 "traversal.mp4"))
-  if (workdir / "generated.mp4").exists():
-    os.replace(workdir / "generated.mp4", site / "generated.mp4")
-  if (site / "generated.mp4").exists():
-    videos.append(("python -m nwt_jax.generate on a held-out wav, --episode_schedule",
-                   "generated.mp4"))
-
-  originals = np.stack([c["video"][::8][:8] for c in clips[:4]])
-  recon_rows = recon[:4, ::8][:, :8]
-  report.save_png(str(site / "reconstructions.png"),
-                  report.grid([f for pair in zip(originals, recon_rows) for f in pair]))
-  report.save_png(str(site / "traversal.png"), report.grid(list(trav[:, ::4][:, :8])))
-  images = [("held-out frames (odd rows) and their dVAE reconstructions (even rows)",
-             "reconstructions.png"),
-            (f"traversal of style dim {metrics['traversal_best_dim']} (rows: -2..2 sigma)",
-             "traversal.png")]
-  for stage, tags in CURVES.items():
-    scalars = report.read_scalars(str(workdir / stage))
-    curves = {tag: scalars[tag] for tag in tags if tag in scalars}
-    if curves:
-      report.plot_curves(str(site / f"{stage}_curves.png"), curves, title=f"{stage} training")
-      images.append((f"{stage} training curves", f"{stage}_curves.png"))
-
-  table = _bars(metrics)
-  report.write_html(
-      str(site / "report.html"), title="nwt_jax demo: the synthetic world",
-      intro=(f"A tiny dVAE and a {prior_preset} prior trained on this machine "
-             f"({os.cpu_count()} CPU cores), evaluated on {num_clips} held-out clips of "
-             f"{num_frames} frames by a probe that reads the truth back from frames."),
-      metrics=table, videos=videos, images=images,
-      details={"metrics": metrics, "seconds": timings})
-  (workdir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
-  return metrics, table
+  start = time.perf_counter()
+  report.build(str(workdir), num_clips=num_clips, num_frames=num_frames,
+               intro=(f"A tiny dVAE and a {prior_preset} prior trained on this machine "
+                      f"({os.cpu_count()} CPU cores), evaluated on {num_clips} held-out clips of "
+                      f"{num_frames} frames by a probe that reads the truth back from frames."),
+               extra={"seconds": timings})
+  timings["report"] = time.perf_counter() - start
+  return metrics, _bars(metrics)
 
 
 def run(s: Settings) -> dict:

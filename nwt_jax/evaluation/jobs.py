@@ -68,8 +68,10 @@ def evaluate_generation(models, probe: probe_lib.Probe, clips: list[dict], *, se
   copied-style videos with every window drawn afresh (no prompt from the previous window; the
   video jumps at each window's start): against `lipsync_r`, what continuing its own frames
   gains or loses. `traverse_dims` > 0 traverses only the style latent's first dimensions (a MAR
-  prior draws each traversal stream code by code). Returns (metrics, samples): samples holds the generated frames and their
-  requests, for the demo's report. `opening`: the `Generator`'s."""
+  prior draws each traversal stream code by code). Returns (metrics, samples): samples holds the
+  generated frames and their requests, the lipsync curve by offset with its shuffled control and
+  the probe's mouth readings, for the report (`nwt_jax.evaluation.report.measure`). `opening`:
+  the `Generator`'s."""
   options = options or sampling.SamplingOptions()
   n, num_episodes = len(clips), models.prior.num_episodes
   mels = np.stack([audio_lib.frame_features(c["audio"].astype(np.float32) / 32768.0)[0]
@@ -150,7 +152,15 @@ def evaluate_generation(models, probe: probe_lib.Probe, clips: list[dict], *, se
   samples = {"copied": copied, "random": randomized, "switched": switched,
              "switched_episode": switched_episode, "own_episode": own_episode,
              "traversal": trav_frames[best_dim * steps:(best_dim + 1) * steps],
-             "traversal_episode": trav_episode, "mels": mels}
+             "traversal_episode": trav_episode, "mels": mels,
+             # The lipsync curve r(offset) and its shuffled-audio control (each clip's reading
+             # against the next clip's truth, at every offset), and the readings themselves.
+             "lipsync_offsets": sync["offsets"], "lipsync_r_by_offset": sync["r_by_offset"],
+             "lipsync_shuffled_r_by_offset": m.lipsync(
+                 [r["mouth_open"] for r in copied_r],
+                 true_mouth[1:] + true_mouth[:1])["r_by_offset"],
+             "mouth_read": np.stack([r["mouth_open"] for r in copied_r]),
+             "mouth_true": np.stack(true_mouth)}
   return metrics, samples
 
 

@@ -139,6 +139,8 @@ class Generator:
     # Silence (the log floor) and the last episode pad the final window to the compiled length.
     floor = math.log(audio_lib.LOG_FLOOR)
     given = np.zeros((batch, w) + self._frame_shape, np.int32)  # the prompt, then zeros
+    # The identity anchor (priors with `anchor`): each stream's opening frame, until a cut.
+    anchor = np.full((batch,) + self._frame_shape, -1, np.int32)
     bar = _progress_bar(num_frames, progress)
     # An episode switch is a cut: in training a clip never changes episode, so the prior has
     # only learnt to draw a new episode's look from the BOS frame at a window's start, and a
@@ -153,17 +155,21 @@ class Generator:
       window_episodes[:, :stop - start] = episodes[:, start:stop]
       window_episodes[:, stop - start:] = episodes[:, stop - 1:stop]
       kept = prompt  # frames of `given` the sampler keeps
-      if prompt == 0 and self._bank is not None:  # a fresh window opens on a bank frame
-        picked = self._pick_opening(self.models.prior_params, self._bank, self._bank_styles,
-                                    jnp.asarray(window_mel), jnp.asarray(window_episodes),
-                                    jnp.asarray(z))
-        given[:, 0] = self.models.frame_bank[np.asarray(picked)]  # the host copy
-        kept = 1
+      if prompt == 0:  # a fresh window: a new anchor (its opening frame)
+        anchor[:] = -1
+        if self._bank is not None:  # it opens on a bank frame
+          picked = self._pick_opening(self.models.prior_params, self._bank, self._bank_styles,
+                                      jnp.asarray(window_mel), jnp.asarray(window_episodes),
+                                      jnp.asarray(z))
+          given[:, 0] = anchor[:] = self.models.frame_bank[np.asarray(picked)]  # the host copy
+          kept = 1
       codes, cache = self._sampler(
           self.models.prior_params, jnp.asarray(window_mel), jnp.asarray(window_episodes),
           jnp.asarray(z), jax.random.fold_in(rng, index), cache, jnp.asarray(given),
-          jnp.int32(kept))
+          jnp.int32(kept), jnp.asarray(anchor))
       codes = np.asarray(codes)[:, :stop - start]  # [B, frames of this window, ...]
+      if prompt == 0 and anchor[0, 0, 0, 0] < 0:  # the drawn opening frame is the anchor
+        anchor[:] = codes[:, 0]
       given[:] = 0
       if self.overlap:  # the next window starts `overlap` frames before this one's end
         given[:, :self.overlap] = codes[:, -self.overlap:]
@@ -213,10 +219,12 @@ def tile(frames: np.ndarray) -> np.ndarray:
   return frames.transpose(1, 2, 0, 3, 4).reshape(num_frames, height, batch * width, channels)
 
 
-def load_models(dvae_workdir: str, prior_workdir: str) -> Models:
-  """The latest checkpoints of a dVAE workdir and of a prior workdir trained on it."""
+def load_models(dvae_workdir: str, prior_workdir: str, step: int | None = None) -> Models:
+  """The latest checkpoint of a dVAE workdir and the prior's checkpoint `step` (default: the
+  latest) of a prior workdir trained on it."""
   dvae, dvae_params, dvae_config = _restore("dVAE", restore.dvae, dvae_workdir)
-  prior, prior_params, prior_config = _restore("prior", restore.prior, prior_workdir)
+  prior, prior_params, prior_config = _restore(
+      "prior", functools.partial(restore.prior, step=step), prior_workdir)
   models = Models(dvae, dvae_params, prior, prior_params,
                   (dvae_config.data.height, dvae_config.data.width),
                   window=prior_config.data.frames_per_example or prior.max_frames,

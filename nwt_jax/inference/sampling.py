@@ -225,7 +225,7 @@ def _twice(x: jax.Array) -> jax.Array:
 
 def sample_prior(model: prior_lib.Prior, params: PyTree, mel: jax.Array, episode: jax.Array,
                  z: jax.Array, rng: jax.Array, cache: PyTree, prompt: jax.Array | None = None,
-                 num_prompt_frames: jax.Array | int = 0, *,
+                 num_prompt_frames: jax.Array | int = 0, anchor: jax.Array | None = None, *,
                  options: SamplingOptions = SamplingOptions()) -> tuple[jax.Array, PyTree]:
   """Samples one window of codes from the prior.
 
@@ -234,6 +234,8 @@ def sample_prior(model: prior_lib.Prior, params: PyTree, mel: jax.Array, episode
   they are read, so a window may reuse the last window's cache); prompt int [B, T, gh, gw, K]
   whose first num_prompt_frames frames are kept (None: no prompt). With options.audio_guidance
   != 1 the cache is `init_cache(model, B, options)`'s (2B rows: with and without the audio).
+  anchor int [B, gh, gw, K]: for a prior with `anchor`, the frame every frame t >= 1 sees as its
+  identity anchor (the stream's opening frame); None or -1 rows: the window's frame 0.
   Returns (int32 codes [B, T, gh, gw, K], cache).
   """
   variables = {"params": params}
@@ -257,6 +259,10 @@ def sample_prior(model: prior_lib.Prior, params: PyTree, mel: jax.Array, episode
   else:
     context = model.apply(variables, mel, episode, z, method=model.encode_context)
     double = combine = lambda x: x
+  if model.anchor:
+    if anchor is None:
+      anchor = jnp.full((batch,) + frame_shape, -1, jnp.int32)
+    cache = {**cache, "anchor": double(jnp.asarray(anchor, jnp.int32))}
 
   if model.decoder == "far":
     def frame_to_logits(prev, t, cache):
@@ -329,7 +335,7 @@ def pick_opening(model: prior_lib.Prior, params: PyTree, bank: jax.Array,
 def make_sampler(model: prior_lib.Prior, options: SamplingOptions = SamplingOptions()):
   """`sample_prior` bound to a model and options, jitted once, its cache argument donated.
 
-  Call as sampler(params, mel, episode, z, rng, cache, prompt, num_prompt_frames); windows of the
+  Call as sampler(params, mel, episode, z, rng, cache, prompt, num_prompt_frames[, anchor]); windows of the
   same shapes reuse one compilation (num_prompt_frames is traced).
   """
   return jax.jit(functools.partial(sample_prior, model, options=options),

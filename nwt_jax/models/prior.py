@@ -122,6 +122,23 @@ class Prior(MARDepth):
   # a linear read-out of mouth_open from the audio feature reaches r = 0.92, from the temporal
   # output 0.56.
   cond_skip: bool = False
+  # An identity anchor (Wav2Lip's reference frame; the sink frame Live Avatar uses against drift):
+  # every frame t >= 1 also sees one clean frame's codes, in training its window's first frame,
+  # in generation the stream's opening frame, through its spatial tokens and (FAR, copy_gate) a
+  # second copy gate. Look and detail can then be restored from a frame that never drifts,
+  # instead of only copied from the predecessor, whose sampling errors would persist. Frame 0
+  # sees a learned null anchor.
+  anchor: bool = False
+  # Training only: each cell of a frame's previous-frame input is replaced, with this
+  # probability, by the K codes of a random cell of a random frame of its window (rng stream
+  # 'dropout'): the stray pieces (an eye on a cheek) free-running sampling makes. Teacher
+  # forcing never shows them, so the prior learns to keep them; this teaches it to repair them.
+  prev_code_noise: float = 0.0
+  # False: no frame sees its predecessor (every frame sees the BOS frame, in training and in
+  # generation), so each frame is drawn from the audio, episode, style and (with `anchor`) the
+  # anchor alone: the prior cannot drift or learn to continue its own samples, at the price of
+  # temporal coherence the audio does not explain (blinks, sway).
+  autoregressive: bool = True
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32  # parameter dtype (norms always run in float32)
 
@@ -173,6 +190,11 @@ class Prior(MARDepth):
     # from XLA's SPMD partitioner (jax 0.10, 2x2x2 mesh, MAR with change weighting: 1 vs 8
     # devices in tests/integration/test_train_prior.py); this projection is small.
     self.prev_proj = dense(d, (None, "embed"), name="prev_proj", flat=False, **kw)
+    if self.anchor:
+      self.null_anchor = self.param(
+          "null_anchor", partitioned(nn.initializers.normal(1.0), None, "embed"), (p, e),
+          self.param_dtype)
+      self.anchor_proj = dense(d, (None, "embed"), name="anchor_proj", flat=False, **kw)
     if self.cond_skip:
       self.cond_proj = dense(d, ("embed", "mlp"), name="cond_proj", **kw)
     if self.spatial_film:
@@ -189,6 +211,9 @@ class Prior(MARDepth):
       if self.copy_gate:
         self.copy = dense(s * s * self.code_heads, ("embed", None), name="copy", use_bias=True,
                            kernel_init=nn.initializers.zeros_init(), **kw)
+        if self.anchor:
+          self.anchor_copy = dense(s * s * self.code_heads, ("embed", None), name="anchor_copy",
+                                   use_bias=True, kernel_init=nn.initializers.zeros_init(), **kw)
     else:
       self._setup_depth(kw)
 
@@ -251,13 +276,19 @@ class Prior(MARDepth):
     flat = prev.reshape(batch, frames, -1).astype(self.dtype)  # [B, T, P*e]
     return cond + self.frame_summary(flat)
 
-  def _spatial(self, h: jax.Array, prev: jax.Array, deterministic: bool) -> jax.Array:
-    """Temporal outputs h [B, T, d] and previous-frame embeddings [B, T, P, e] -> [B, T, P', d]
-    (P' = P / S**2 patch tokens)."""
+  def _patch_tokens(self, emb: jax.Array) -> jax.Array:
+    """Per-position embeddings [B, T, P, e] -> [B, T, P', S*S*e] (a patch's cells side by side)."""
+    patches = self._to_patches(emb.astype(self.dtype))  # [B, T, P', S*S, e]
+    return patches.reshape(patches.shape[:3] + (-1,))
+
+  def _spatial(self, h: jax.Array, prev: jax.Array, deterministic: bool,
+               anchor: jax.Array | None = None) -> jax.Array:
+    """Temporal outputs h [B, T, d], previous-frame embeddings [B, T, P, e] (and, with `anchor`,
+    the anchor frame's [B, T, P, e]) -> [B, T, P', d] (P' = P / S**2 patch tokens)."""
     batch, frames = prev.shape[:2]
-    patches = self._to_patches(prev.astype(self.dtype))  # [B, T, P', S*S, e]
-    patches = patches.reshape(patches.shape[:3] + (-1,))  # [B, T, P', S*S*e]
-    shown = self.prev_proj(patches)  # [B, T, P', d]
+    shown = self.prev_proj(self._patch_tokens(prev))  # [B, T, P', d]
+    if self.anchor:
+      shown = shown + self.anchor_proj(self._patch_tokens(anchor))
     if self.spatial_film:
       shown = shown * (1 + self.film(h.astype(self.dtype))[:, :, None])
     c = h.astype(self.dtype)[:, :, None] + self.spatial_pos.astype(self.dtype) + shown
@@ -272,17 +303,25 @@ class Prior(MARDepth):
     return (gate.astype(jnp.float32)[..., None]
             * jax.nn.one_hot(prev_codes, self.num_codes, dtype=jnp.float32))
 
-  def _far_logits(self, c: jax.Array, prev_codes: jax.Array) -> jax.Array:
-    """[B, T, P', d], previous codes [B, T, gh, gw, K] (-1: none) -> logits [B, T, gh, gw, K, V]."""
+  def _gate(self, layer: nn.Module, x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """A copy gate per code: [B, T, P', d] -> [B, T, gh, gw, K]."""
+    gate = layer(x).reshape(x.shape[:3] + (self.spatial_patch**2, self.code_heads))
+    return self._from_patches(gate).reshape(shape)
+
+  def _far_logits(self, c: jax.Array, prev_codes: jax.Array,
+                  anchor_codes: jax.Array | None = None) -> jax.Array:
+    """[B, T, P', d], previous codes [B, T, gh, gw, K] (-1: none; and with `anchor` the anchor's,
+    -1: none) -> logits [B, T, gh, gw, K, V]."""
     x = self.head_norm(c).astype(self.dtype)
     logits = transformer.flat_dot(x, self.head.astype(self.dtype))  # [.., P', S*S*K, V]
     logits = self._from_patches(logits.reshape(logits.shape[:3] + (self.spatial_patch**2, -1)))
     logits = logits.reshape(c.shape[:2] + self.grid + (self.code_heads, self.num_codes)
                             ).astype(jnp.float32)
     if self.copy_gate:
-      gate = self.copy(x).reshape(x.shape[:3] + (self.spatial_patch**2, self.code_heads))
-      gate = self._from_patches(gate).reshape(prev_codes.shape)  # [B, T, gh, gw, K]
-      logits = logits + self._copy_logits(gate, prev_codes)
+      logits = logits + self._copy_logits(self._gate(self.copy, x, prev_codes.shape), prev_codes)
+      if self.anchor:
+        gate = self._gate(self.anchor_copy, x, anchor_codes.shape)
+        logits = logits + self._copy_logits(gate, anchor_codes)
     return logits
 
   def _previous_frame_sources(self, batch: int, frames: int, train: bool) -> jax.Array | None:
@@ -308,11 +347,43 @@ class Prior(MARDepth):
     """Codes [B, T, gh, gw, K] -> the codes each frame sees as its previous frame's (-1: the
     BOS frame): frame t-1's, or in training what prev_frame_dropout and stale_frame_rate make
     of them."""
+    if not self.autoregressive:
+      return jnp.full_like(codes, -1)
     source = self._previous_frame_sources(codes.shape[0], codes.shape[1], train)
     if source is None:
-      return previous_frame_codes(codes)
-    padded = jnp.concatenate([jnp.full_like(codes[:, :1], -1), codes], axis=1)
-    return jnp.take_along_axis(padded, (source + 1)[:, :, None, None, None], axis=1)
+      prev = previous_frame_codes(codes)
+    else:
+      padded = jnp.concatenate([jnp.full_like(codes[:, :1], -1), codes], axis=1)
+      prev = jnp.take_along_axis(padded, (source + 1)[:, :, None, None, None], axis=1)
+    if train and self.prev_code_noise > 0:
+      prev = self._add_code_noise(codes, prev)
+    return prev
+
+  def _add_code_noise(self, codes: jax.Array, prev: jax.Array) -> jax.Array:
+    """`prev_code_noise`: cells of prev [B, T, gh, gw, K] (not BOS frames) replaced by the
+    codes of random cells of random frames of `codes` (the same window)."""
+    batch, frames = codes.shape[:2]
+    cells = frames * self.positions
+    hit_key, source_key = jax.random.split(self.make_rng("dropout"))
+    hit = jax.random.bernoulli(hit_key, self.prev_code_noise, prev.shape[:-1])  # [B, T, gh, gw]
+    source = jax.random.randint(source_key, (batch, cells, 1), 0, cells)
+    flat = codes.reshape(batch, cells, self.code_heads)
+    stray = jnp.take_along_axis(flat, source, axis=1).reshape(codes.shape)
+    return jnp.where(hit[..., None] & (prev >= 0), stray, prev)
+
+  def _anchor_codes(self, codes: jax.Array) -> jax.Array:
+    """Teacher forcing: the anchor each frame sees, [B, T, gh, gw, K]: the window's first frame,
+    -1 (the null anchor) at frame 0."""
+    first = jnp.broadcast_to(codes[:, :1], codes.shape)
+    return jnp.where((jnp.arange(codes.shape[1]) == 0)[None, :, None, None, None], -1, first)
+
+  def _embed_anchor(self, anchor_codes: jax.Array | None) -> jax.Array | None:
+    """Anchor codes [B, T, gh, gw, K] (-1: none) -> [B, T, P, e] (the null anchor where -1)."""
+    if not self.anchor:
+      return None
+    emb = self.frame_embed(jnp.maximum(anchor_codes, 0))
+    unset = anchor_codes[:, :, 0, 0, 0] < 0  # [B, T]
+    return jnp.where(unset[..., None, None], self.null_anchor.astype(emb.dtype), emb)
 
   def _embed_previous(self, prev_codes: jax.Array) -> jax.Array:
     """Previous-frame codes [B, T, gh, gw, K] (-1: BOS frame) -> embeddings [B, T, P, e]."""
@@ -330,9 +401,10 @@ class Prior(MARDepth):
     h = self.temporal(x, mask=transformer.causal_mask(frames, frames),
                       cross_kv=context["cross_kv"], deterministic=deterministic)
     h = self._frame_input(h, context["cond"])
-    c = self._spatial(h, prev, deterministic)  # [B, T, P', d]
+    anchor_codes = self._anchor_codes(codes) if self.anchor else None
+    c = self._spatial(h, prev, deterministic, self._embed_anchor(anchor_codes))  # [B, T, P', d]
     if self.decoder == "far":
-      return self._far_logits(c, prev_codes)
+      return self._far_logits(c, prev_codes, anchor_codes)
     return self._mar_logits(c, codes, prev_codes, deterministic)
 
   # --- teacher forcing -------------------------------------------------------------------------
@@ -382,17 +454,32 @@ class Prior(MARDepth):
       cache["depth"] = transformer.init_cache(
           self.depth_layers, batch, self.codes_per_frame, self.num_heads,
           self.depth_dim // self.num_heads, self.dtype)
+    if self.anchor:  # -1: the window's frame 0 becomes the anchor (see `_frame_step`)
+      cache["anchor"] = jnp.full((batch,) + self.grid + (self.code_heads,), -1, jnp.int32)
     return cache
 
-  def _frame_step(self, context, shown, t, cache):
-    """Temporal step for frame t, from the codes it sees as its previous frame [B, 1, gh, gw, K]
-    (-1 at t = 0: the BOS frame) -> ([B, 1, P', d], cache)."""
+  def _frame_step(self, context, prev_codes, t, cache):
+    """Temporal step for frame t from frame t-1's codes [B, gh, gw, K] -> ([B, 1, P', d], the
+    codes it saw as its previous frame [B, 1, gh, gw, K] (-1: the BOS frame, at t = 0 or when
+    not autoregressive), the anchor it saw (the same shape) or None, cache). The anchor is
+    cache['anchor']: the caller's, or where that is -1, the window's frame 0 (stored at t = 1,
+    when frame 0 is the previous frame)."""
+    shown = jnp.where((t == 0) | (not self.autoregressive), -1, prev_codes)[:, None]
     prev = self._embed_previous(shown)  # [B, 1, P, e]
     cond = jax.lax.dynamic_slice_in_dim(context["cond"], t, 1, axis=1)  # [B, 1, d]
     x = self._temporal_inputs(cond, prev)  # [B, 1, d]
     h, temporal_cache = self.temporal.decode(x, cache["temporal"], t, context["cross_kv"])
+    cache = {**cache, "temporal": temporal_cache}
     h = self._frame_input(h, cond)
-    return self._spatial(h, prev, True), {**cache, "temporal": temporal_cache}
+    anchor_codes = None
+    if self.anchor:
+      stored = cache["anchor"]
+      unset = (stored[:, 0, 0, 0] < 0)[:, None, None, None]
+      stored = jnp.where((t == 1) & unset, prev_codes, stored)
+      cache = {**cache, "anchor": stored}
+      anchor_codes = jnp.where(t == 0, -1, stored)[:, None]  # [B, 1, gh, gw, K]
+    c = self._spatial(h, prev, True, self._embed_anchor(anchor_codes))
+    return c, shown, anchor_codes, cache
 
   def far_frame_step(self, context: dict[str, Any], prev_codes: jax.Array, t: jax.Array,
                      cache: dict[str, transformer.Cache]
@@ -400,9 +487,8 @@ class Prior(MARDepth):
     """FAR: frame t-1's codes [B, gh, gw, K] -> (logits of frame t [B, gh, gw, K, V], cache)."""
     if self.decoder != "far":
       raise ValueError("far_frame_step needs decoder='far'")
-    shown = jnp.where(t == 0, -1, prev_codes)[:, None]  # [B, 1, gh, gw, K]
-    c, cache = self._frame_step(context, shown, t, cache)
-    return self._far_logits(c, shown)[:, 0], cache
+    c, shown, anchor_codes, cache = self._frame_step(context, prev_codes, t, cache)
+    return self._far_logits(c, shown, anchor_codes)[:, 0], cache
 
   def mar_frame_step(self, context: dict[str, Any], prev_codes: jax.Array, t: jax.Array,
                      cache: dict[str, transformer.Cache]
@@ -414,8 +500,7 @@ class Prior(MARDepth):
     """
     if self.decoder != "mar":
       raise ValueError("mar_frame_step needs decoder='mar'")
-    shown = jnp.where(t == 0, -1, prev_codes)[:, None]  # [B, 1, gh, gw, K]
-    c, cache = self._frame_step(context, shown, t, cache)
+    c, shown, _, cache = self._frame_step(context, prev_codes, t, cache)
     prev_frame = shown.reshape(prev_codes.shape[0], -1)
     return {"inputs": self._depth_context(c)[:, 0], "prev_frame": prev_frame}, cache
 

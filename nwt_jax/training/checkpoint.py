@@ -301,3 +301,12 @@ def restore_frozen(workdir: str, model_name: str,
     state, _ = reader.restore(abstract_like(abstract, jax.tree.map(lambda _: device, abstract)),
                               step)
   return state, config
+
+
+def saved_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+  """The config saved with a run's checkpoint (`step`, default the latest), without its state."""
+  with Checkpointer(workdir, {}, async_save=False) as reader:
+    step = reader.latest_step() if step is None else step
+    if step is None:
+      raise errors.MissingInput(f"No finished checkpoint in {workdir}/checkpoints.")
+    return ml_collections.ConfigDict(reader.saved_config(step))

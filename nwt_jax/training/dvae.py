@@ -27,6 +27,7 @@ import json
 from typing import Any
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,9 +37,11 @@ from nwt_jax.data import input_pipeline
 from nwt_jax.models import discriminator
 from nwt_jax.models import dvae
 from nwt_jax.runtime import compile_options
+from nwt_jax.training import checkpoint
 from nwt_jax.training import dvae_eval
 from nwt_jax.training import loop
 from nwt_jax.training import losses
+from nwt_jax.training import metric_writer
 from nwt_jax.training import sharding
 
 PyTree = Any
@@ -276,8 +279,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
   train_iter = dvae_eval.FrameIterator(input_pipeline.create_iterator(
       config.data, "train", seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count()))
+  writer = metric_writer.create_writer(workdir)  # the loop's scalars and the eval's images
   try:
     return loop.run(config, workdir, s, train_iter,
-                    eval_fn=dvae_eval.make_eval_fn(s, config, eval_set, workdir))
+                    eval_fn=dvae_eval.make_eval_fn(s, config, eval_set, workdir, writer),
+                    writer=writer)
   finally:
+    writer.close()
     train_iter.close()
+
+
+def load_frozen(workdir: str, step: int | None = None):
+  """(model, generator params, config) of the dVAE trained in `workdir`, at `step` (default: the
+  latest checkpoint), for the stages after it (`nwt_jax.training.restore.dvae`, the prior's
+  previews)."""
+
+  def abstract_state(config):
+    model, disc = make_models(config)
+    tx_g, tx_d, _ = make_optimizers(config)
+    init = functools.partial(create_train_state, model, disc, tx_g, tx_d, config.data.height,
+                             config.data.width)
+    return jax.eval_shape(lambda: nn.unbox(init(jax.random.key(0))))
+
+  state, config = checkpoint.restore_frozen(workdir, "dvae", abstract_state, step)
+  return make_models(config)[0], state.params["generator"], config
+

@@ -2,7 +2,8 @@
 
 Eval reconstructs a fixed held-out set (`load_eval_set`) with the eval-mode step and reports
 PSNR, SSIM, per-head code usage and perplexity and the mouth's recoverability, and writes
-`workdir/samples/recon_{step}.png` (originals above, reconstructions below).
+`workdir/samples/recon_{step}.png` (originals above, reconstructions below), also as a
+TensorBoard image.
 """
 
 from collections.abc import Callable
@@ -99,9 +100,8 @@ def evaluate_reconstructions(eval_set: dict[str, np.ndarray], recon: np.ndarray,
                                             truth=truth, measured_mouth=measured)
 
 
-def write_samples(path: str, originals: np.ndarray, recon: np.ndarray, zoom: int = 2) -> None:
-  """A PNG grid: originals [K, H, W, 3] on top, reconstructions below, `zoom`x nearest."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+def sample_grid(originals: np.ndarray, recon: np.ndarray, zoom: int = 2) -> np.ndarray:
+  """uint8 grid image: originals [K, H, W, 3] on top, reconstructions below, `zoom`x nearest."""
   k, h, w, _ = originals.shape
   gap = 2
   grid = np.full((2 * h + 3 * gap, k * (w + gap) + gap, 3), 255, np.uint8)
@@ -109,7 +109,13 @@ def write_samples(path: str, originals: np.ndarray, recon: np.ndarray, zoom: int
     for i, frame in enumerate(frames):
       top, left = gap + row * (h + gap), gap + i * (w + gap)
       grid[top:top + h, left:left + w] = frame
-  grid = np.repeat(np.repeat(grid, zoom, axis=0), zoom, axis=1)
+  return np.repeat(np.repeat(grid, zoom, axis=0), zoom, axis=1)
+
+
+def write_samples(path: str, originals: np.ndarray, recon: np.ndarray, zoom: int = 2) -> None:
+  """`sample_grid` as a PNG."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  grid = sample_grid(originals, recon, zoom)
   buffer = io.BytesIO()
   Image.fromarray(grid).save(buffer, format="PNG")
   path = epath.Path(path)
@@ -118,10 +124,11 @@ def write_samples(path: str, originals: np.ndarray, recon: np.ndarray, zoom: int
 
 
 def make_eval_fn(s: loop.Setup, config: ml_collections.ConfigDict,
-                 eval_set: dict[str, np.ndarray],
-                 workdir: str) -> Callable[[loop.TrainState, int], dict[str, float]]:
+                 eval_set: dict[str, np.ndarray], workdir: str,
+                 writer=None) -> Callable[[loop.TrainState, int], dict[str, float]]:
   """`eval_fn(state, step)` for `loop.run`: metrics of the eval set's reconstructions,
-  and (process 0) `workdir/samples/recon_{step}.png`."""
+  and (process 0) `workdir/samples/recon_{step}.png`, also as the image `eval/reconstructions`
+  of `writer` (`metric_writer`; None: no image)."""
   tc = config.train
   chunk = tc.eval_batch_size * tc.eval_frames_per_clip
 
@@ -133,6 +140,9 @@ def make_eval_fn(s: loop.Setup, config: ml_collections.ConfigDict,
       k = tc.num_samples
       write_samples(os.path.join(workdir, "samples", f"recon_{step}.png"),
                     eval_set["video"][:k], out["recon"][:k])
+      if writer is not None:
+        writer.write_images(step, {"eval/reconstructions": sample_grid(
+            eval_set["video"][:k], out["recon"][:k])})
     logging.info("eval at step %d: PSNR %.2f dB, SSIM %.3f, code usage min %.2f mean %.2f, "
                  "perplexity %.1f, mouth r %.3f", step, metrics["psnr"], metrics["ssim"],
                  metrics["usage_min"], metrics["usage_mean"], metrics["perplexity_mean"],

@@ -43,6 +43,8 @@ from nwt_jax.models import prior as prior_lib
 from nwt_jax.runtime import compile_options
 from nwt_jax.training import loop
 from nwt_jax.training import losses
+from nwt_jax.training import metric_writer
+from nwt_jax.training import previews
 from nwt_jax.training import sharding
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -264,13 +266,16 @@ def _setup(config_json: str, manifest_json: str, devices: tuple[jax.Device, ...]
                state_shardings=state_shardings, train_step=train, eval_step=evaluate)
 
 
-def make_eval_fn(s: Setup, config: ml_collections.ConfigDict,
-                 root: str) -> Callable[[loop.TrainState, int], dict[str, float]]:
+def make_eval_fn(s: Setup, config: ml_collections.ConfigDict, root: str, writer=None
+                 ) -> Callable[[loop.TrainState, int], dict[str, float]]:
   """`eval_fn(state, step)` for `loop.run`: `summarize_eval` of the sums over
-  `train.eval_batches` validation batches (0: the whole split) of the tokens in `root`."""
+  `train.eval_batches` validation batches (0: the whole split) of the tokens in `root`; with a
+  `writer` (and the dVAE's workdir in the config), also an image of the first batch's frames,
+  true above and teacher-forced below (`previews`)."""
+  previewer = (previews.Previewer(config.dvae_workdir, s.model) if writer is not None
+               and config.get("dvae_workdir") and jax.process_count() == 1 else None)
 
   def eval_fn(state, step):
-    del step
     sums = {}
     with token_pipeline.create_iterator(
         config.data, "validation", seed=config.seed, root=root,
@@ -279,6 +284,8 @@ def make_eval_fn(s: Setup, config: ml_collections.ConfigDict,
       for i, batch in enumerate(it):
         if config.train.eval_batches and i >= config.train.eval_batches:
           break
+        if i == 0 and previewer is not None:
+          writer.write_images(step, {"eval/previews": previewer(state.params, batch)})
         out = jax.device_get(s.eval_step(state.params, sharding.put_batch(batch, s.mesh)))
         for key, value in out.items():
           sums[key] = sums.get(key, 0.0) + float(value)
@@ -311,7 +318,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
   train_iter = token_pipeline.create_iterator(
       config.data, "train", seed=config.seed, root=root, process_index=jax.process_index(),
       process_count=jax.process_count())
+  writer = metric_writer.create_writer(workdir)
   try:
-    return loop.run(config, workdir, s, train_iter, eval_fn=make_eval_fn(s, config, root))
+    return loop.run(config, workdir, s, train_iter,
+                    eval_fn=make_eval_fn(s, config, root, writer), writer=writer)
   finally:
+    writer.close()
     train_iter.close()

@@ -25,15 +25,7 @@ def dvae(workdir: str, step: int | None = None
   arrays on the default device. Use with `model.apply({'params': params}, frames,
   method=model.encode)` and `method=model.decode`."""
 
-  def abstract_state(config):
-    model, disc = train_dvae.make_models(config)
-    tx_g, tx_d, _ = train_dvae.make_optimizers(config)
-    init = functools.partial(train_dvae.create_train_state, model, disc, tx_g, tx_d,
-                             config.data.height, config.data.width)
-    return jax.eval_shape(lambda: nn.unbox(init(jax.random.key(0))))
-
-  state, config = checkpoint.restore_frozen(workdir, "dvae", abstract_state, step)
-  return train_dvae.make_models(config)[0], state.params["generator"], config
+  return train_dvae.load_frozen(workdir, step)
 
 
 def prior(workdir: str, step: int | None = None

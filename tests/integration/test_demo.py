@@ -1,10 +1,15 @@
 """The demo: its stages on small sizes, and `python -m nwt_jax.demo` end to end (FAR, then MAR) at
-a tiny size (the full `make demo` run is the same command at its default sizes)."""
+a tiny size (the full `make demo` run is the same command at its default sizes); on its run,
+`python -m nwt_jax.report` for the run, its dVAE workdir and its prior workdir, each page
+checked in headless Chromium, and the prior's TensorBoard previews."""
 
+import html as html_lib
+import importlib.util
 import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -16,9 +21,14 @@ import xla_env
 from nwt_jax import presets
 from nwt_jax.data import input_pipeline
 from nwt_jax.data import synthetic
+from nwt_jax.data import token_pipeline
 from nwt_jax.data import video_io
 from nwt_jax.evaluation import demo
+from nwt_jax.evaluation import explore
+from nwt_jax.evaluation import report
 from nwt_jax.inference import controls
+from nwt_jax.training import previews
+from nwt_jax.training import restore
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -80,7 +90,16 @@ def _is_correlation(key: str) -> bool:
 
 
 VIDEOS = ("copied_style.mp4", "random_style.mp4", "episode_switch.mp4", "traversal.mp4",
-          "generated.mp4")
+          "generated.mp4", "truth_vs_generated.mp4", "swap.mp4")
+# Streams side by side in a video of the report.
+STREAMS = {"traversal.mp4": len(controls.TRAVERSE_STEPS), "truth_vs_generated.mp4": 2,
+           "swap.mp4": 2}
+# The report's sections on a demo run (`nwt_jax.evaluation.report.build`).
+DEMO_SECTIONS = ["Metrics", "Explorer numbers", "Generation", "Controls", "Training",
+                 "Code usage", "Explorer: what each code looks like",
+                 "Explorer: which codes follow the audio", "Explorer: swap a code",
+                 "Explorer: which codes carry the episode", "Explorer: which codes carry the style",
+                 "Details"]
 
 
 def _run_demo(workdir: pathlib.Path, preset: str) -> subprocess.CompletedProcess:
@@ -136,14 +155,52 @@ def _check_demo(workdir: pathlib.Path, proc: subprocess.CompletedProcess, preset
   for name in VIDEOS:
     assert name in html, name
     info = video_io.probe(str(site / name))
-    streams = len(controls.TRAVERSE_STEPS) if name == "traversal.mp4" else 1  # side by side
+    streams = STREAMS.get(name, 1)  # side by side
     assert (info.height, info.width) == (height, streams * width) and info.has_audio, info
     video = video_io.read_video(str(site / name), height=info.height, width=info.width)
     assert len(video) == frames.get(name, eval_frames), (name, video.shape)
-  for image in ("reconstructions.png", "traversal.png", "dvae_curves.png", "prior_curves.png"):
+  for image in ("reconstructions.png", "traversal.png", "dvae_losses.png", "prior_losses.png",
+                "code_usage.png", "code_patches.png", "audio_cells.png", "lipsync_by_offset.png",
+                "mouth_over_time.png"):
     assert (site / image).stat().st_size > 0, image
+  assert _headings(html) == DEMO_SECTIONS
+  measured = json.loads((site / "measurements.json").read_text())
+  curve = measured["lipsync"]
+  assert curve["offsets"] == list(range(-5, 6)) and len(curve["shuffled_r_by_offset"]) == 11
+  # The curve's value at offset 0 is the table's lipsync r (NaN where a reading is constant).
+  np.testing.assert_allclose(curve["r_by_offset"][5], metrics["lipsync_r"])
+  np.testing.assert_allclose(curve["shuffled_r_by_offset"][5], metrics["lipsync_shuffled_r"])
+  assert measured["settings"]["seed"] == 0 and measured["settings"]["temperature"] == 0.7
   assert "Report: " in proc.stdout and "seconds per stage" in proc.stdout
   return metrics
+
+
+def _headings(page: str) -> list[str]:
+  return [html_lib.unescape(h) for h in re.findall(r"<h2>(.*?)</h2>", page)]
+
+
+def _browser():
+  """tests/unit/evaluation/test_report.py's Chromium checks (`check_page`)."""
+  spec = importlib.util.spec_from_file_location(
+      "report_browser", REPO / "tests" / "unit" / "evaluation" / "test_report.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _report(workdir: pathlib.Path, *args: str) -> subprocess.Popen:
+  """Starts `python -m nwt_jax.report --workdir=WORKDIR` (2 held-out clips of 16 frames)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=xla_env.xla_flags(1))
+  return subprocess.Popen([sys.executable, "-m", "nwt_jax.report", f"--workdir={workdir}",
+                           "--num_clips=2", "--num_frames=16", *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _page(proc: subprocess.Popen) -> pathlib.Path:
+  """The page a `_report` command printed, once it succeeded."""
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, (stdout[-3000:], stderr[-3000:])
+  return pathlib.Path(stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +217,79 @@ def test_demo_runs_end_to_end(far_demo):
   assert (workdir / "probe.npz").exists()
   assert "held-out r mouth_open" in (workdir / "probe.log").read_text()
   assert json.loads((workdir / "prior" / "sampling.json").read_text())["change_threshold"] == 0.2
+
+
+@pytest.mark.slow
+def test_the_report_command_on_a_demo_run_a_dvae_and_a_prior_workdir(far_demo, tmp_path):
+  workdir, _ = far_demo
+  browser = _browser()
+  # A demo run: the command writes the demo's own page again (one code path), from the
+  # measurements its evaluate stage saved.
+  site = workdir / "report"
+  before = (site / "report.html").read_text()
+  # The three commands run side by side (each mostly waits on one core).
+  runs = [_report(workdir), _report(workdir / "dvae", f"--output={tmp_path / 'dvae'}"),
+          _report(workdir / "prior", f"--output={tmp_path / 'prior'}")]
+  page = _page(runs[0])
+  assert page == site / "report.html"
+  after = page.read_text()
+  assert _headings(after) == _headings(before) == DEMO_SECTIONS
+  assert "a tiny,far prior" in after and "lipsync r (copied style)" in after
+  media = browser.check_page(page, min_media=20)
+  shown = {m["src"] for m in media}
+  assert set(VIDEOS) <= shown and {"code_patches.png", "swap_change.png"} <= shown, shown
+  details = json.loads(html_lib.unescape(re.findall(r"<pre>(.*?)</pre>", after, re.S)[-1]))
+  explorer = details["explorer"]
+  assert 0.0 <= explorer["audio_mouth_iou"] <= 1.0 and explorer["audio_cells"] >= 1, explorer
+  assert explorer["swap_old"] != explorer["swap_new"] and explorer["swap_cells"] > 0, explorer
+
+  # A dVAE workdir: training, code usage and the explorer; nothing of a prior.
+  page = _page(runs[1])
+  assert page == tmp_path / "dvae" / "report.html"
+  assert _headings(page.read_text()) == [
+      "Explorer numbers", "Training", "Code usage", "Explorer: what each code looks like",
+      "Explorer: which codes follow the audio", "Explorer: swap a code",
+      "Explorer: which codes carry the episode", "Details"]
+  assert (tmp_path / "dvae" / "dvae_recon_3.png").exists()  # the grids over training steps
+  # The dVAE's training also put that grid in TensorBoard.
+  images = [(e.step, v.tag) for e in report._events(str(workdir / "dvae"))
+            for v in e.summary.value if v.HasField("image")]
+  assert images == [(SIZES["dvae_steps"], "eval/reconstructions")], images
+  browser.check_page(page, min_media=8)
+
+  # A prior workdir (its dVAE found from its config): both runs' curves and the style codes;
+  # no probe there, so no generation measurement.
+  page = _page(runs[2])
+  headings = _headings(page.read_text())
+  assert "Explorer: which codes carry the style" in headings and "Generation" not in headings
+  assert (tmp_path / "prior" / "prior_losses.png").exists()
+  assert (tmp_path / "prior" / "dvae_losses.png").exists()
+  browser.check_page(page, min_media=10)
+
+
+@pytest.mark.slow
+def test_prior_previews_draw_the_true_and_the_teacher_forced_codes(far_demo):
+  workdir, _ = far_demo
+  model, params, config = restore.prior(str(workdir / "prior"))
+  with token_pipeline.create_iterator(config.data, "validation", seed=0,
+                                      root=str(workdir / "tokens"), batch_size=2) as it:
+    batch = next(it)
+  image = previews.Previewer(str(workdir / "dvae"), model, clips=1, frames=2, stride=1)(
+      params, batch)
+  height, width = demo.DEMO_FRAME_SIZE
+  assert image.shape == (2 * (2 * height + 6), 2 * (2 * (width + 2) + 2), 3)  # 2 rows, zoom 2
+  dvae, dvae_params = previews.load_dvae(str(workdir / "dvae"))
+  episode = np.broadcast_to(np.reshape(batch["episode"][0], (-1,)),
+                            (config.data.frames_per_example,))
+  truth = explore.decode(dvae, dvae_params, batch["codes"][0, :2], episode[:2])
+  # The same frames, decoded in another batch: equal but for a rare rounding step.
+  same = lambda a, b: np.mean(a == b) > 0.99 and np.abs(a.astype(int) - b).max() <= 1
+  assert same(image[4:4 + 2 * height:2, 4:4 + 2 * width:2], truth[0])
+  predicted = np.asarray(previews.teacher_forced_codes(model, params, {
+      k: np.asarray(batch[k])[:1] for k in ("codes", "mel", "episode")}))
+  second_row = image[2 * (height + 4):2 * (2 * height + 4):2, 4:4 + 2 * width:2]
+  assert same(second_row, explore.decode(dvae, dvae_params, predicted[0, :1], episode[:1])[0])
+  assert not same(second_row, np.zeros_like(second_row))
 
 
 def test_a_mar_demo_drops_the_far_change_threshold_unless_given():

@@ -37,7 +37,7 @@ def _key(seed):
 
 
 @functools.lru_cache(maxsize=None)
-def _models(decoder="far", num_episodes=4, grid=(8, 7)) -> generator.Models:
+def _models(decoder="far", num_episodes=4, grid=(8, 7), anchor=False) -> generator.Models:
   dvae = dvae_lib.DVAE(channels=(8, 16, 16), res_blocks=(0, 0, 1), dim=16, num_codes=16,
                        heads=2, num_episodes=num_episodes, episode_dim=8, norm_groups=4)
   dvae_params = jax.jit(functools.partial(dvae.init, train=False))(
@@ -46,7 +46,7 @@ def _models(decoder="far", num_episodes=4, grid=(8, 7)) -> generator.Models:
                           num_episodes=num_episodes, max_frames=WINDOW, d_model=32, num_heads=2,
                           head_dim=16, mlp_dim=64, temporal_layers=1, spatial_layers=1,
                           audio_layers=1, code_embed_dim=4, style_dim=4, style_hidden=16,
-                          depth_dim=16, depth_layers=1)
+                          depth_dim=16, depth_layers=1, anchor=anchor, copy_gate=anchor)
   codes = jnp.zeros((1, WINDOW) + grid + (2,), jnp.int32)
   mel = jnp.zeros((1, 4 * WINDOW, 80), jnp.float32)
   prior_params = jax.jit(functools.partial(prior.init, train=False))(
@@ -90,6 +90,21 @@ def test_episode_schedule_switches_at_the_given_seconds():
 def test_malformed_schedules_are_refused(spec, match):
   with pytest.raises(errors.GenerateError, match=match):
     controls.parse_schedule(spec, 30, 4)
+
+
+def test_named_episodes_become_the_ids_a_request_takes():
+  """generate's --episode=bob and --episode_schedule=alice:0,bob:0.5 (names from the workdirs'
+  episodes.json) reach job.Request as the ids and the SECONDS:EPISODE schedule it parses."""
+  names = ["alice", "bob", "carol", "dave"]
+  assert controls.resolve_episode("bob", 4, names) == 1
+  assert controls.resolve_episode("3", 4, names) == 3 and controls.resolve_episode("2", 4) == 2
+  spec = controls.numeric_schedule("alice:0,dave:0.5", 4, names)
+  np.testing.assert_array_equal(controls.parse_schedule(spec, 30, 4), [0] * 15 + [3] * 15)
+  assert controls.numeric_schedule("", 4, names) == ""
+  with pytest.raises(errors.GenerateError, match=r"--episode='eve' is no episode: the models "
+                                                 r"know alice \(0\), bob \(1\), carol \(2\), "
+                                                 r"dave \(3\)"):
+    controls.resolve_episode("eve", 4, names)
 
 
 def test_style_latents():
@@ -201,6 +216,33 @@ def test_fresh_windows_open_on_the_picked_bank_frame():
   assert not any(np.array_equal(drawn[0, 0], frame) for frame in bank)
   with pytest.raises(errors.GenerateError, match="opening"):
     generator.Generator(banked, GREEDY, opening="first")
+
+
+def test_the_anchor_is_the_opening_frame_until_a_cut():
+  """A prior with `anchor`: every window sees its stream's opening frame as the anchor (the
+  picked bank frame, or the drawn frame 0 of the first window), a new one after a switch."""
+  models = _models(anchor=True)
+  bank = np.asarray(jax.random.randint(_key(5), (6, 8, 7, 2), 0, 16), np.int32)
+  mel = audio_lib.frame_features(_speech(1.0, 3))[0][:4 * 24]
+  episodes = np.array([0] * 14 + [3] * 10, np.int32)  # windows 0-8, 6-14 | 14-22, 20-24
+  z = np.array([[0.5, -1, 0, 1]], np.float32)
+  for bank_or_none in (bank, None):
+    gen = generator.Generator(dataclasses.replace(models, frame_bank=bank_or_none), GREEDY,
+                              overlap=2)
+    seen, sampler = [], gen._sampler
+
+    def recording(*args, sampler=sampler, seen=seen):
+      seen.append(np.asarray(args[-1]).copy())
+      return sampler(*args)
+
+    gen._sampler = recording
+    codes = gen.codes(mel, episodes, z, seed=0)
+    assert len(seen) == 4
+    if bank_or_none is None:  # drawn: -1 (frame 0 of the window), then the drawn frame 0
+      assert np.all(seen[0] == -1) and np.all(seen[2] == -1)
+    for window, (start, opening) in enumerate(((0, 0), (6, 0), (14, 14), (20, 14))):
+      if bank_or_none is not None or window % 2:
+        np.testing.assert_array_equal(seen[window][0], codes[0, opening], err_msg=str(window))
 
 
 def test_frames_decode_in_chunks_with_per_frame_episodes():

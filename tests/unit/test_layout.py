@@ -25,12 +25,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2] / PACKAGE
 
 HEAVY_OPTIONAL = frozenset({"tensorflow", "tensorflow_datasets", "torch", "librosa", "PIL",
                             "dm_pix", "matplotlib", "tensorboard", "tqdm", "apache_beam",
-                            "imageio_ffmpeg",
+                            "imageio_ffmpeg", "cv2",
                             # Folders of the repository, not installed with the package: the
                             # TFDS builder (imports TFDS) and the benchmarks (torch peer).
                             "nwt_clips", "benchmarks"})
 CLI_MODULES = frozenset(f"{PACKAGE}.{m}" for m in
-                        ("train", "tokenize", "generate", "evaluate", "demo", "bench", "cli"))
+                        ("train", "tokenize", "generate", "evaluate", "demo", "bench", "cli",
+                         "footage", "report"))
 LAYERS = ("base", "models", "data", "training", "inference", "evaluation", "cli")
 # The first name under nwt_jax -> its layer; a new top-level module must be placed here.
 # presets.py (the config files' preset parser, imported by configs/*.py and tests) imports nothing

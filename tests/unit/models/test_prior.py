@@ -52,8 +52,11 @@ SPATIAL = dict(spatial_patch=2, copy_gate=True, spatial_film=True, cond_skip=Tru
 VARIANTS = {"far": dict(decoder="far"), "mar": dict(decoder="mar"),
             "mar_local": dict(decoder="mar", depth_window_rows=1),
             "far_patch": dict(decoder="far", **SPATIAL),
-            "mar_patch": dict(decoder="mar", depth_window_rows=2, **SPATIAL)}
-ZERO_INIT_PARAMS = ("copy", "depth_copy", "depth_copy_bias", "film")
+            "mar_patch": dict(decoder="mar", depth_window_rows=2, **SPATIAL),
+            "far_anchor": dict(decoder="far", anchor=True, **SPATIAL),
+            "mar_anchor": dict(decoder="mar", anchor=True, **SPATIAL),
+            "far_anchor_only": dict(decoder="far", anchor=True, autoregressive=False, **SPATIAL)}
+ZERO_INIT_PARAMS = ("copy", "anchor_copy", "depth_copy", "depth_copy_bias", "film")
 
 
 def _randomize_zero_init(params):
@@ -86,7 +89,8 @@ def test_logits_shape_and_aux(decoder):
   assert aux["kl"].shape == ()
 
 
-@pytest.mark.parametrize("decoder", ["far", "mar", "mar_local", "far_patch", "mar_patch"])
+@pytest.mark.parametrize("decoder", ["far", "mar", "mar_local", "far_patch", "mar_patch",
+                                     "far_anchor"])
 def test_causality_by_perturbation(decoder):
   """Changing code i changes no logit at or before i (FAR: of frames <= its frame), some later.
 
@@ -138,7 +142,8 @@ def _teacher_forced_by_steps(model, params, codes, mel, episode, z):
   return jnp.stack(out, axis=1)
 
 
-@pytest.mark.parametrize("decoder", ["far", "mar", "mar_local", "far_patch", "mar_patch"])
+@pytest.mark.parametrize("decoder", ["far", "mar", "mar_local", "far_patch", "mar_patch",
+                                     "far_anchor", "mar_anchor", "far_anchor_only"])
 def test_cached_decoding_equals_teacher_forcing(decoder):
   model, params = _model_and_params(decoder)
   codes, mel, episode = _batch(seed=1, frames=SMALL["max_frames"])
@@ -160,6 +165,67 @@ def test_a_saturated_copy_gate_repeats_the_previous_frame(decoder):
   logits, _ = model.apply({"params": params}, codes, mel, episode, train=False, z=_z())
   np.testing.assert_array_equal(jnp.argmax(logits[:, 1:], -1), codes[:, :-1])
   assert np.mean(np.asarray(jnp.argmax(logits[:, 0], -1) == codes[:, 0])) < 0.5
+
+
+def test_a_saturated_anchor_gate_repeats_the_anchor_and_a_given_anchor_replaces_frame_0():
+  """Anchor gate bias +100 (previous-frame gate off): frames >= 1 are the window's frame 0, in
+  teacher forcing and in cached decoding; an anchor given through the cache replaces it."""
+  model, params = _model_and_params("far_anchor")
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: (jnp.full_like(x, 100.0) if path[0].key == "anchor_copy"
+                       and path[-1].key == "bias" else
+                       jnp.zeros_like(x) if path[0].key == "copy" else x), params)
+  codes, mel, episode = _batch(seed=2)
+  v = {"params": params}
+  logits, _ = model.apply(v, codes, mel, episode, train=False, z=_z())
+  np.testing.assert_array_equal(jnp.argmax(logits[:, 1:], -1),
+                                jnp.broadcast_to(codes[:, :1], codes[:, 1:].shape))
+  context = model.apply(v, mel, episode, _z(), method=model.encode_context)
+  other = (codes[:, 0] + 1) % SMALL["num_codes"]
+  cache = {**model.init_cache(B), "anchor": other}
+  for t in range(T):
+    step_logits, cache = model.apply(v, context, codes[:, max(t - 1, 0)], t, cache,
+                                     method=model.far_frame_step)
+    if t:
+      np.testing.assert_array_equal(jnp.argmax(step_logits, -1), other)
+
+
+def test_a_prior_that_is_not_autoregressive_sees_only_the_anchor_of_the_past():
+  """autoregressive=False: frame t's logits change with frame 0 (the anchor) and with nothing
+  else before it, and every frame sees the BOS frame as its previous one."""
+  model, params = _model_and_params("far_anchor_only")
+  codes, mel, episode = _batch(seed=5)
+  z = _z()
+  apply = jax.jit(lambda c: model.apply({"params": params}, c, mel, episode, train=False, z=z))
+  base, aux = apply(codes)
+  assert np.all(np.asarray(aux["prev_codes"]) == -1)
+  bumped_first = apply(codes.at[:, 0].set((codes[:, 0] + 1) % SMALL["num_codes"]))[0]
+  assert np.abs(np.asarray(bumped_first - base))[:, 1:].max() > 1e-4
+  bumped_later = apply(codes.at[:, 1:].set((codes[:, 1:] + 1) % SMALL["num_codes"]))[0]
+  np.testing.assert_array_equal(bumped_later, base)
+
+
+def test_prev_code_noise_replaces_cells_by_cells_of_the_window_at_its_rate():
+  """prev_code_noise=0.3: about 30% of the cells frames >= 1 see are another cell's K codes from
+  the window (BOS frame 0 untouched); 0 (or evaluation): none."""
+  noisy = prior.Prior(**VARIANTS["far_patch"], **{**SMALL, "num_codes": 4096},
+                      prev_code_noise=0.3)
+  rng = np.random.default_rng(0)
+  codes = jnp.asarray(rng.integers(0, 4096, (B, 6, 4, 2, 2)), jnp.int32)  # distinct cells
+  mel = jnp.zeros((B, 24, 80))
+  episode = jnp.zeros((B,), jnp.int32)
+  params = jax.jit(functools.partial(noisy.init, train=False))(_key(0), codes, mel, episode)
+  _, aux = noisy.apply(params, codes, mel, episode, train=True,
+                       rngs={"style": _key(1), "dropout": _key(2)})
+  seen, clean = np.asarray(aux["prev_codes"]), np.asarray(prior.previous_frame_codes(codes))
+  assert np.all(seen[:, 0] == -1)
+  changed = np.any(seen[:, 1:] != clean[:, 1:], axis=-1)  # [B, T-1, gh, gw]
+  assert 0.15 < changed.mean() < 0.45, changed.mean()
+  window_cells = {tuple(c) for c in np.asarray(codes).reshape(B, -1, 2)[0]}
+  for cell in seen[0, 1:].reshape(-1, 2)[changed[0].reshape(-1)]:
+    assert tuple(cell) in window_cells  # a stray cell comes from the same window
+  _, aux = noisy.apply(params, codes, mel, episode, train=False)
+  np.testing.assert_array_equal(aux["prev_codes"], clean)
 
 
 def test_stale_frames_show_an_older_frame_of_the_window():
