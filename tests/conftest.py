@@ -57,8 +57,8 @@ def pytest_unconfigure(config):
 # With `--dist loadfile` a file runs on one worker and files are handed out in collection order:
 # the files that take minutes go first, so none of them starts last while the other worker idles
 # (heaviest first; the rest keep their order).
-HEAVY_FILES = ("test_demo.py", "test_evaluate.py", "test_multiprocess.py", "test_prior.py",
-               "test_bench.py", "test_train_prior.py", "test_bad_inputs.py", "test_sampling.py",
+HEAVY_FILES = ("test_demo.py", "test_footage.py", "test_evaluate.py", "test_multiprocess.py",
+               "test_prior.py", "test_bench.py", "test_train_prior.py", "test_bad_inputs.py", "test_sampling.py",
                "test_generate.py", "test_train_dvae.py", "test_dvae.py", "test_builder.py",
                "test_video_io.py")
 

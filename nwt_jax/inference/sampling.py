@@ -39,7 +39,7 @@ from nwt_jax.models import prior as prior_lib
 
 PyTree = Any
 # pick_opening: the bank frames, most likely first, among which the nearest style is taken.
-OPENING_CANDIDATES = 16
+OPENING_CANDIDATES = 64
 # How a window that starts afresh gets its first frame: from the frame bank or drawn (Generator).
 OPENINGS = ("bank", "sample")
 FrameToLogits = Callable[[jax.Array, jax.Array, PyTree], tuple[jax.Array, PyTree]]
