@@ -12,17 +12,12 @@ read the synthetic world's truth, which training and generation never do).
     not move, against where it moves.
 """
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nwt_jax.data import synthetic
+from nwt_jax.evaluation import jobs
 from nwt_jax.evaluation import metrics as m
 from nwt_jax.evaluation import probe as probe_lib
-from nwt_jax.models import dvae as dvae_lib
-from nwt_jax.runtime import compile_options
 
 MOUTH_OPEN = synthetic.TRUTH_KEYS.index("mouth_open")
 STILL = 0.01  # |change of mouth_open| per frame below which the mouth counts as still
@@ -74,20 +69,7 @@ def mouth_code_flips(codes: np.ndarray, mouth: np.ndarray, mouth_open: np.ndarra
 def diagnose(models, probe: probe_lib.Probe, clips: list[dict], *, change_weight: float,
              frame0_weight: float) -> dict[str, float]:
   """All of the above on held-out clips (the synthetic world's, with their truth)."""
-  dvae, params = models.dvae, models.dvae_params
-
-  @functools.partial(jax.jit, compiler_options=compile_options.dvae())
-  def roundtrip(frames, episode):
-    codes = dvae.apply({"params": params}, frames, method=dvae.encode)
-    recon = dvae.apply({"params": params}, codes, episode, method=dvae.decode)
-    return codes, dvae_lib.frames_to_uint8(recon)
-
-  codes, recon = [], []
-  for clip in clips:
-    c, r = roundtrip(jnp.asarray(clip["video"]), jnp.full(len(clip["video"]), clip["episode"]))
-    codes.append(np.asarray(c))
-    recon.append(np.asarray(r))
-  codes = np.stack(codes)
+  codes, recon = jobs.dvae_roundtrip(models, clips)
   truth = [c["truth"][:, MOUTH_OPEN] for c in clips]
 
   def probe_r(videos):

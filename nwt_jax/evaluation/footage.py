@@ -47,13 +47,13 @@ from nwt_jax.data import episodes as episodes_lib
 from nwt_jax.data import faces
 from nwt_jax.data import input_pipeline
 from nwt_jax.data import video_io
+from nwt_jax.evaluation import jobs
 from nwt_jax.evaluation import metrics
 from nwt_jax.evaluation import report
 from nwt_jax.evaluation import sync
 from nwt_jax.inference import controls
 from nwt_jax.inference import generator
 from nwt_jax.inference import sampling
-from nwt_jax.models import dvae as dvae_lib
 from nwt_jax.training import losses
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -539,20 +539,8 @@ def evaluate_and_report(workdir: pathlib.Path, clips: list[dict], *, names: list
   """The report stage: metrics of the held-out `clips` and WORKDIR/report/report.html."""
 
   models = generator.load_models(str(workdir / "dvae"), str(workdir / "prior"))
-  dvae, params = models.dvae, models.dvae_params
-
-  @jax.jit
-  def roundtrip(frames, episode):
-    indices = dvae.apply({"params": params}, frames, method=dvae.encode)
-    recon = dvae.apply({"params": params}, indices, episode, method=dvae.decode)
-    return indices, dvae_lib.frames_to_uint8(recon)
-
-  codes, recons = [], []
-  for clip in clips:
-    i, r = roundtrip(jnp.asarray(clip["video"]),
-                     jnp.full(len(clip["video"]), clip["episode"], jnp.int32))
-    codes.append(np.asarray(i))
-    recons.append(np.asarray(r))
+  dvae = models.dvae
+  codes, recons = jobs.dvae_roundtrip(models, clips)
   originals = np.concatenate([c["video"] for c in clips])
   out = metrics.reconstruction_metrics(originals, np.concatenate(recons),
                                        np.concatenate(codes), dvae.num_codes)

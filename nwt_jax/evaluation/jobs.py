@@ -164,11 +164,10 @@ def evaluate_generation(models, probe: probe_lib.Probe, clips: list[dict], *, se
   return metrics, samples
 
 
-def evaluate_reconstruction(models, clips: list[dict], *,
-                            probe: probe_lib.Probe | None = None) -> tuple[dict, np.ndarray]:
-  """dVAE metrics on held-out clips: PSNR/SSIM, per-head code usage, mouth recoverability."""
+def dvae_roundtrip(models, clips: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """The dVAE's codes int32 [N, T, gh, gw, K] and reconstructions uint8 [N, T, H, W, 3] of
+  clips of equal length (each decoded with its own episode)."""
   dvae, params = models.dvae, models.dvae_params
-
 
   @functools.partial(jax.jit, compiler_options=compile_options.dvae())
   def roundtrip(frames, episode):
@@ -176,13 +175,21 @@ def evaluate_reconstruction(models, clips: list[dict], *,
     recon = dvae.apply({"params": params}, indices, episode, method=dvae.decode)
     return indices, dvae_lib.frames_to_uint8(recon)
 
-  indices, recon = [], []
+  codes, recon = [], []
   for clip in clips:
-    i, r = roundtrip(jnp.asarray(clip["video"]), jnp.full(len(clip["video"]), clip["episode"]))
-    indices.append(np.asarray(i))
+    i, r = roundtrip(jnp.asarray(clip["video"]),
+                     jnp.full(len(clip["video"]), clip["episode"], jnp.int32))
+    codes.append(np.asarray(i))
     recon.append(np.asarray(r))
+  return np.stack(codes), np.stack(recon)
+
+
+def evaluate_reconstruction(models, clips: list[dict], *,
+                            probe: probe_lib.Probe | None = None) -> tuple[dict, np.ndarray]:
+  """dVAE metrics on held-out clips: PSNR/SSIM, per-head code usage, mouth recoverability."""
+  dvae = models.dvae
+  indices, recon = dvae_roundtrip(models, clips)
   originals = np.concatenate([c["video"] for c in clips])
-  recon = np.stack(recon)
   flat_recon = recon.reshape(originals.shape)
   truth = np.concatenate([c["truth"] for c in clips])
   integrity = {}
