@@ -813,11 +813,25 @@ class Prior(nn.Module):
     return logits
 
 
+# The JAX prior's fields the peer does not implement, and the values it matches them at: the
+# identity anchor and the training-only stray-cell noise came after the peer.
+NOT_IN_PEER = {"anchor": False, "prev_code_noise": 0.0, "autoregressive": True}
+
+
 def build_prior(config, manifest: dict) -> Prior:
-  """The peer of `train_prior.make_model(config, manifest)`."""
+  """The peer of `train_prior.make_model(config, manifest)` (for a config without the fields of
+  NOT_IN_PEER: time the JAX prior with --config.prior.anchor=False
+  --config.prior.prev_code_noise=0 to compare it with the peer)."""
+  fields = dict(config.prior)
+  differ = {k: fields[k] for k, v in NOT_IN_PEER.items() if k in fields and fields[k] != v}
+  if differ:
+    raise NotImplementedError(f"the PyTorch peer has no {sorted(differ)}; pass "
+                              + " ".join(f"--config.prior.{k}={v}" for k, v in NOT_IN_PEER.items()))
+  for k in NOT_IN_PEER:
+    fields.pop(k, None)
   return Prior(grid=tuple(manifest["grid"]), code_heads=manifest["code_heads"],
                num_codes=manifest["num_codes"], num_episodes=manifest["num_episodes"],
-               mel_bins=manifest.get("mel_bins", 80), **config.prior)
+               mel_bins=manifest.get("mel_bins", 80), **fields)
 
 
 def prior_loss(model, codes, mel, episode, *, beta, label_smoothing, change_weight=1.0,

@@ -51,12 +51,17 @@ def _small_dvae_config():
   return c
 
 
+# The PyTorch peer has no identity anchor (benchmarks/torch_peer.py NOT_IN_PEER): the peer tests
+# compare the prior without it.
+PEER_ARCHITECTURE = dict(anchor=False, prev_code_noise=0.0)
+
+
 def _small_prior_config(decoder="far"):
   c = presets.load_config(f"configs/prior.py:tiny,{decoder}")
   c.data.batch_size, c.data.frames_per_example = 2, 4
   c.prior.update(max_frames=4, d_model=32, num_heads=2, head_dim=16, mlp_dim=64,
                  temporal_layers=1, audio_layers=1, style_hidden=32, depth_dim=16,
-                 depth_layers=1)
+                 depth_layers=1, **PEER_ARCHITECTURE)
   return c
 
 
@@ -129,6 +134,7 @@ def test_peer_parameter_count_equals_jax_for_tiny(model):
     assert (torch_peer.num_params(peer_g), torch_peer.num_params(peer_d)) == (jax_g, jax_d)
   else:
     pc = presets.load_config(f"configs/prior.py:tiny,{model[6:]}")
+    pc.prior.update(PEER_ARCHITECTURE)
     manifest = workloads.manifest_from_dvae(dc, pc.data.frames_per_example)
     m = train_prior.make_model(pc, manifest)
     ex = train_prior.example_batch(manifest, pc.data.frames_per_example)
