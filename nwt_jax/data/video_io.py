@@ -150,12 +150,22 @@ def iter_video(path: str, *, fps: float = DEFAULT_FPS, height: int, width: int,
   cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", info.path,
          "-map", "0:v:0", "-an", "-sn", "-vf", _video_filter(fps, height, width),
          "-pix_fmt", "rgb24", "-f", "rawvideo", "pipe:1"]
+  yield from stream_frames(cmd, height, width, chunk_frames=chunk_frames, source=info.path)
+
+
+def stream_frames(cmd: list[str], height: int, width: int, *, chunk_frames: int, source: str,
+                  skip_frames: int = 0, empty_is_error: bool = True) -> Iterator[np.ndarray]:
+  """Runs ffmpeg `cmd`, which writes rgb24 rawvideo frames of height x width to stdout, and
+  yields them as uint8 [<=chunk_frames, height, width, 3] chunks after dropping the first
+  `skip_frames`. A failed decode (not a caller that stops early) raises VideoIOError naming
+  `source`, as does a stream with no frames when `empty_is_error`."""
   frame_bytes = height * width * 3
   with tempfile.TemporaryFile() as err, subprocess.Popen(
       cmd, stdout=subprocess.PIPE, stderr=err) as proc:
     num_frames, stopped_early = 0, False
     try:
-      while True:
+      skipped = len(proc.stdout.read(skip_frames * frame_bytes)) if skip_frames else 0
+      while skipped == skip_frames * frame_bytes:
         data = proc.stdout.read(chunk_frames * frame_bytes)
         count = len(data) // frame_bytes
         if count:
@@ -172,10 +182,10 @@ def iter_video(path: str, *, fps: float = DEFAULT_FPS, height: int, width: int,
       returncode = proc.wait()
     if returncode != 0 and not stopped_early:
       err.seek(0)
-      raise VideoIOError(f"{info.path}: video decoding failed after {num_frames} frames "
+      raise VideoIOError(f"{source}: video decoding failed after {num_frames} frames "
                          f"({_last_lines(err.read())})")
-    if num_frames == 0 and returncode == 0:
-      raise VideoIOError(f"{info.path}: no video frames could be decoded")
+    if empty_is_error and num_frames == 0 and returncode == 0:
+      raise VideoIOError(f"{source}: no video frames could be decoded")
 
 
 def read_video(path: str, *, fps: float = DEFAULT_FPS, height: int, width: int) -> np.ndarray:

@@ -49,9 +49,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 
 from absl import logging
@@ -632,32 +630,10 @@ def _iter_clips(local: str, info: video_io.MediaInfo, cfg: NwtClipsConfig,
          "-map", "0:v:0", "-an", "-sn", "-vf",
          f"fps=fps={FPS}:start_time={seek:.9f},{frame_filter}", "-pix_fmt", "rgb24",
          "-f", "rawvideo", "pipe:1"]
-  frame_bytes = height * width * 3
-  with tempfile.TemporaryFile() as err, subprocess.Popen(
-      cmd, stdout=subprocess.PIPE, stderr=err) as proc:
-    num_frames, stopped_early = 0, False
-    try:
-      if margin and len(proc.stdout.read(margin * frame_bytes)) < margin * frame_bytes:
-        return
-      while True:
-        data = proc.stdout.read(cfg.num_frames * frame_bytes)
-        n = len(data) // frame_bytes
-        if n:
-          num_frames += n
-          yield np.frombuffer(data[:n * frame_bytes], np.uint8).reshape(n, height, width, 3)
-        if n < cfg.num_frames:
-          break
-    finally:
-      proc.stdout.close()
-      if proc.poll() is None:  # the caller stopped early
-        stopped_early = True
-        proc.kill()
-      returncode = proc.wait()
-    if returncode != 0 and not stopped_early:
-      err.seek(0)
-      detail = err.read().decode(errors="replace").strip().splitlines()[-3:]
-      raise video_io.VideoIOError(f"{local}: video decoding failed after {num_frames} frames "
-                                  f"from {seek:.2f} s ({' | '.join(detail)})")
+  # A seek past the end (the margin not filled) yields nothing, as a file of fewer clips would.
+  yield from video_io.stream_frames(cmd, height, width, chunk_frames=cfg.num_frames,
+                                    source=f"{local} (from {seek:.2f} s)", skip_frames=margin,
+                                    empty_is_error=False)
 
 
 def _skip(name: str, reason: str, detail: str, *, count: Callable[..., None]) -> None:
