@@ -30,6 +30,7 @@ from etils import epath
 from nwt_jax import errors
 from nwt_jax.data import constants
 from nwt_jax.data import synthetic
+from nwt_jax.evaluation import footage
 from nwt_jax.evaluation import jobs
 from nwt_jax.evaluation import report
 from nwt_jax.inference import generator
@@ -123,23 +124,9 @@ def build_dataset(data_dir: pathlib.Path, **sizes) -> dict:
 
 
 def _run(stage: str, args: list[str], log_path: pathlib.Path) -> float:
-  """Runs `python -m ARGS` (its output streamed and kept in log_path); returns its seconds."""
-  print(f"\n=== {stage}: python -m {' '.join(args)}", flush=True)
-  start = time.perf_counter()
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
-  with open(log_path, "w") as log:
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-      log.write(line)
-      if _worth_showing(line):
-        print(line.rstrip(), flush=True)
-    if proc.wait():
-      raise errors.UserError(f"the {stage} stage failed (exit {proc.returncode}); its log is "
-                             f"{log_path}")
-  seconds = time.perf_counter() - start
-  print(f"=== {stage}: {seconds:.0f} s", flush=True)
-  return seconds
+  """Runs `python -m ARGS` (`footage.run_stage`: output kept in log_path, progress shown, a
+  failure one UserError with the child's error line); returns its seconds."""
+  return footage.run_stage(stage, ["-m", *args], log_path)
 
 
 def _start_probe(workdir: pathlib.Path, height: int, width: int) -> subprocess.Popen | None:
@@ -163,11 +150,6 @@ def _wait_for_probe(proc: subprocess.Popen | None, workdir: pathlib.Path) -> Non
     print(f"warning: the background probe failed (exit {proc.returncode}; see "
           f"{workdir / 'probe.log'}); the evaluation trains it again", flush=True)
 
-
-def _worth_showing(line: str) -> bool:
-  """Progress, eval and error lines; not TF/absl start-up chatter."""
-  keep = ("steps/s", "eval", "Resumed", "error", "Error", "Wrote", "probe", "Done", "shards")
-  return any(k in line for k in keep) and "WARNING: All log messages" not in line
 
 
 def _train_args(config: str, workdir: pathlib.Path, overrides: dict) -> list[str]:

@@ -227,7 +227,7 @@ def _error_line(log_path: pathlib.Path) -> str | None:
 
 def _worth_showing(line: str) -> bool:
   keep = ("steps/s", "eval", "Resumed", "error", "Error", "Wrote", "Done", "build summary",
-          "shards", "skipping")
+          "shards", "skipping", "probe")
   return any(k in line for k in keep) and "WARNING: All log messages" not in line
 
 
