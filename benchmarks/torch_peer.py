@@ -815,7 +815,8 @@ class Prior(nn.Module):
 
 # The JAX prior's fields the peer does not implement, and the values it matches them at: the
 # identity anchor and the training-only stray-cell noise came after the peer.
-NOT_IN_PEER = {"anchor": False, "prev_code_noise": 0.0, "autoregressive": True}
+NOT_IN_PEER = {"anchor": False, "prev_code_noise": 0.0, "autoregressive": True,
+               "hidden_cells": ()}
 
 
 def build_prior(config, manifest: dict) -> Prior:
@@ -823,7 +824,9 @@ def build_prior(config, manifest: dict) -> Prior:
   NOT_IN_PEER: time the JAX prior with --config.prior.anchor=False
   --config.prior.prev_code_noise=0 to compare it with the peer)."""
   fields = dict(config.prior)
-  differ = {k: fields[k] for k, v in NOT_IN_PEER.items() if k in fields and fields[k] != v}
+  as_tuple = lambda x: tuple(x) if isinstance(x, (list, tuple)) else x
+  differ = {k: fields[k] for k, v in NOT_IN_PEER.items()
+            if k in fields and as_tuple(fields[k]) != v}
   if differ:
     raise NotImplementedError(f"the PyTorch peer has no {sorted(differ)}; pass "
                               + " ".join(f"--config.prior.{k}={v}" for k, v in NOT_IN_PEER.items()))

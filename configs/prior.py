@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       drop_remainder=True,  # eval: whole batches only
       prefetch=2,  # batches prepared ahead
       num_workers=1,  # threads cutting windows (memory-mapped: cheap)
+      anchor_frame="distant",  # train windows' anchor: another moment of the clip | '' (first)
   )
 
   c.prior = dict(
@@ -99,6 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       anchor=True,  # every frame also sees (and may copy) a clean anchor frame: the opening one
       prev_code_noise=0.1,  # P(a cell of the previous-frame input shows a random cell's codes)
       autoregressive=True,  # False: no frame sees its predecessor (anchor, audio, style only)
+      hidden_cells=(),  # cells never shown in the previous frame / anchor (train.hide_audio_cells)
   )
 
   c.loss = dict(
@@ -132,6 +134,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       eval_batches=8,  # validation batches per eval (0 = the whole split)
       eval_batch_size=16,  # global eval batch (>= 2: the controls pair each clip with the next)
       max_consecutive_nonfinite=10,  # stop after this many skipped (non-finite) updates in a row
+      # > 0: before training, the cells whose codes follow the audio (score >= this x the best
+      # cell's; training.audio_cells, from the tokens alone) become prior.hidden_cells.
+      hide_audio_cells=0.025,
+      hide_margin=0,  # ... grown by this many cells every way (the face moves)
   )
   c.debug = dict(nan_at_step=-1)  # fault injection: NaN loss at this step (-1 = never)
 

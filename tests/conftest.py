@@ -48,19 +48,36 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# A folder the session's test files share (inherited like the cache): the one default probe
+# that test_demo.py's run and test_evaluate.py both need (tests/support/shared_probe.py).
+_OWN_SHARED = None
+if "NWT_TEST_SHARED_DIR" not in os.environ:
+  _OWN_SHARED = tempfile.mkdtemp(prefix="nwt_jax_test_shared_")
+  os.environ["NWT_TEST_SHARED_DIR"] = _OWN_SHARED
+
+
+def pytest_configure(config):
+  # pytest-xdist >= 3.6 hands out files by their number of tests unless told not to, which
+  # defeats HEAVY_FILES (below): the demo's file would start after most others.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
 
 def pytest_unconfigure(config):
-  if _OWN_CACHE and not hasattr(config, "workerinput"):  # the process that made it
-    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+  if not hasattr(config, "workerinput"):  # the process that made them
+    for made in (_OWN_CACHE, _OWN_SHARED):
+      if made:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 # With `--dist loadfile` a file runs on one worker and files are handed out in collection order:
 # the files that take minutes go first, so none of them starts last while the other worker idles
-# (heaviest first; the rest keep their order).
-HEAVY_FILES = ("test_demo.py", "test_footage.py", "test_evaluate.py", "test_multiprocess.py",
-               "test_prior.py", "test_bench.py", "test_train_prior.py", "test_bad_inputs.py", "test_sampling.py",
-               "test_generate.py", "test_train_dvae.py", "test_dvae.py", "test_builder.py",
-               "test_video_io.py")
+# (heaviest first, by their seconds alone on 2 cores; the rest keep their order). test_evaluate.py
+# comes after test_demo.py has started: it loads the probe the demo trains (shared_probe.py).
+HEAVY_FILES = ("test_demo.py", "test_multiprocess.py", "test_prior.py", "test_footage.py",
+               "test_bench.py", "test_bad_inputs.py", "test_train_dvae.py", "test_sampling.py",
+               "test_builder.py", "test_train_prior.py", "test_generate.py", "test_dvae.py",
+               "test_input_pipeline.py", "test_evaluate.py", "test_host_malloc.py")
 
 
 def pytest_addoption(parser):

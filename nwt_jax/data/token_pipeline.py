@@ -54,6 +54,9 @@ def default_config() -> ml_collections.ConfigDict:
   """Every option of the token data source with its default."""
   c = input_pipeline.batching_config("tokens", num_workers=2)  # the only source of this module
   c.tokens_dir = ""  # output of `nwt_jax.tokenize` ('' = <dvae_workdir>/tokens, see tokens_dir())
+  # Train windows also carry 'anchor', one frame of the same clip for the prior's identity anchor:
+  # 'distant' (outside the window where the clip allows) or '' (none: the window's first frame).
+  c.anchor_frame = ""
   return c
 
 
@@ -157,8 +160,38 @@ def _load_array(path: epath.Path) -> np.ndarray:
   return np.load(path, mmap_mode="r")
 
 
+def _check_anchor_frame(value: str) -> None:
+  if value not in ("", "distant"):
+    raise errors.InvalidInput(f"data.anchor_frame must be '' or 'distant', got {value!r}")
+
+
+def distant_frame(seed: int, step: int, row: int, num_frames: int, start: int, frames: int
+                  ) -> int:
+  """A frame of a clip of `num_frames`, uniform over those outside the window [start, start +
+  frames) (over the window itself if it is the whole clip): a pure function of its arguments."""
+  rng = np.random.default_rng([seed, step, row, 0xA5C0])
+  outside = num_frames - frames
+  if outside <= 0:
+    return int(rng.integers(0, num_frames))
+  pick = int(rng.integers(0, outside))
+  return pick + frames if pick >= start else pick
+
+
 class TokenIterator(input_pipeline.DataIterator):
-  """`input_pipeline.DataIterator` over tokenized clips: windows of codes, mel, truth, mouth."""
+  """`input_pipeline.DataIterator` over tokenized clips: windows of codes, mel, truth, mouth and,
+  with `anchor_frame='distant'`, an anchor frame of the same clip.
+
+  Why a distant anchor: the anchor's look (identity, camera, pose) is the clip's, while its mouth
+  belongs to another moment. With the window's own first frame as the anchor, the prior learns to
+  copy the anchor's mouth (8 frames apart, mouths agree); in generation the anchor is one opening
+  frame for the whole stream, so every frame's mouth is pulled towards the opening frame's
+  (measured: the per-clip mean mouth opening of generated video follows it at r 0.95).
+  """
+
+  def __init__(self, source, *, anchor_frame: str = "", **kwargs):
+    _check_anchor_frame(anchor_frame)
+    super().__init__(source, **kwargs)
+    self._anchor_frame = anchor_frame
 
   def _window(self, clip: dict, step: int, row: int) -> dict:
     num_frames = len(clip["codes"])
@@ -176,6 +209,9 @@ class TokenIterator(input_pipeline.DataIterator):
       out["truth"] = np.asarray(clip["truth"][time], np.float32)
     if "mouth" in clip:
       out["mouth"] = np.asarray(clip["mouth"][time], bool)
+    if self._anchor_frame:
+      at = distant_frame(self._seed, step, row, num_frames, t0, frames)
+      out["anchor"] = np.asarray(clip["codes"][at], np.int32)
     return out
 
 
@@ -190,6 +226,7 @@ def create_iterator(data_config: ml_collections.ConfigDict, split: str, *, seed:
     raise errors.InvalidInput(f"unknown token data fields {sorted(unknown)}; known: {sorted(cfg.keys())}")
   cfg.update(data_config)
   cfg.update(overrides)
+  _check_anchor_frame(cfg.anchor_frame)
   if cfg.source != "tokens":
     raise errors.InvalidInput(f"the prior reads data.source='tokens', got {cfg.source!r}")
   train = split == "train"
@@ -198,4 +235,4 @@ def create_iterator(data_config: ml_collections.ConfigDict, split: str, *, seed:
       frames_per_example=cfg.frames_per_example, shuffle=cfg.shuffle and train,
       repeat=cfg.repeat and train, drop_remainder=cfg.drop_remainder, seed=seed,
       process_index=process_index, process_count=process_count, prefetch=cfg.prefetch,
-      num_workers=cfg.num_workers)
+      num_workers=cfg.num_workers, anchor_frame=cfg.anchor_frame if train else "")

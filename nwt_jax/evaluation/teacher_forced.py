@@ -29,27 +29,30 @@ def next_frame_codes(models, codes: np.ndarray, mels: np.ndarray, episodes: np.n
                      z: np.ndarray, options: sampling.SamplingOptions, seed: int = 0
                      ) -> np.ndarray:
   """Codes [B, T, gh, gw, K] -> each frame drawn given the true frames before it in its window
-  (windows of `models.window_frames`; frame 0 of a window keeps its true codes). mels
+  (windows of `models.window_frames`; frame 0 of a window keeps its true codes; priors with an
+  anchor see the clip's frame 0 as theirs). mels
   [B, 4T, 80], episodes [B, T], z [B, style_dim]."""
   prior, params = models.prior, models.prior_params
   w = models.window_frames
   batch, frames = codes.shape[:2]
 
   @functools.partial(jax.jit, compiler_options=compile_options.prior())
-  def draw(window_codes, mel, episode, rng):
-    def logits_of(c, me, ep, zz, drop=None):
-      return prior.apply({"params": params}, c, me, ep, train=False, z=zz, drop_audio=drop)[0]
+  def draw(window_codes, mel, episode, anchor, rng):
+    def logits_of(c, me, ep, zz, an, drop=None):
+      return prior.apply({"params": params}, c, me, ep, train=False, z=zz, drop_audio=drop,
+                         anchor=an)[0]
     if options.guided:
       two = lambda x: jnp.concatenate([x, x])
       drop = jnp.arange(2 * batch) >= batch
-      logits = sampling._guide(logits_of(two(window_codes), two(mel), two(episode), two(z),  # pylint: disable=protected-access
-                                         drop), options.audio_guidance)
+      logits = sampling.guide(logits_of(two(window_codes), two(mel), two(episode), two(z),
+                                        two(anchor), drop), options.audio_guidance)
     else:
-      logits = logits_of(window_codes, mel, episode, z)
+      logits = logits_of(window_codes, mel, episode, z, anchor)
     drawn = sampling.sample_logits(rng, logits, options)
     if options.change_threshold:
       prev = jnp.concatenate([window_codes[:, :1], window_codes[:, :-1]], axis=1)
-      drawn = sampling.sample_changes(rng, logits, prev, options)
+      drawn = sampling.sample_changes(rng, logits, jnp.where(prior.hidden_codes(), -1, prev),
+                                      options)
     return drawn.at[:, 0].set(window_codes[:, 0])
 
   out = np.empty_like(codes)
@@ -61,8 +64,9 @@ def next_frame_codes(models, codes: np.ndarray, mels: np.ndarray, episodes: np.n
     mel = np.pad(mels[:, constants.MEL_PER_FRAME * start:constants.MEL_PER_FRAME * stop],
                  ((0, 0), (0, constants.MEL_PER_FRAME * pad), (0, 0)), mode="edge")
     episode = np.pad(episodes[:, start:stop], ((0, 0), (0, pad)), mode="edge")
+    # The anchor is the clip's opening frame in every window, as in generation.
     drawn = draw(jnp.asarray(window), jnp.asarray(mel), jnp.asarray(episode),
-                 jax.random.fold_in(rng, index))
+                 jnp.asarray(codes[:, 0]), jax.random.fold_in(rng, index))
     out[:, start:stop] = np.asarray(drawn)[:, :stop - start]
   return out
 

@@ -33,6 +33,7 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nwt_jax.runtime import compile_options
 from nwt_jax.models import prior as prior_lib
@@ -113,10 +114,11 @@ def sample_changes(rng: jax.Array, logits: jax.Array, prev: jax.Array,
                    options: SamplingOptions) -> jax.Array:
   """`options.change_threshold`'s draw: codes [...] from logits [..., V] and the previous frame's
   codes prev [...]: prev where P(prev) >= 1 - change_threshold (P at temperature 1), else a draw
-  from the other codes."""
+  from the other codes. Where prev is -1 (a code the prior does not see: `hidden_cells`), a
+  plain draw."""
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  keep = jnp.take_along_axis(log_p, prev[..., None], axis=-1)[..., 0] >= jnp.log1p(
-      -options.change_threshold)
+  keep = (prev >= 0) & (jnp.take_along_axis(log_p, jnp.maximum(prev, 0)[..., None], axis=-1)[
+      ..., 0] >= jnp.log1p(-options.change_threshold))
   others = jnp.where(jax.nn.one_hot(prev, logits.shape[-1], dtype=bool), -jnp.inf, log_p)
   return jnp.where(keep, prev, sample_logits(rng, others, options))
 
@@ -142,17 +144,21 @@ def _check_prompt(prompt: jax.Array) -> None:
 
 def sample_frames(frame_to_logits: FrameToLogits, cache: PyTree, rng: jax.Array,
                   prompt: jax.Array, num_prompt_frames: jax.Array | int,
-                  options: SamplingOptions) -> tuple[jax.Array, PyTree]:
+                  options: SamplingOptions, hidden: np.ndarray | None = None
+                  ) -> tuple[jax.Array, PyTree]:
   """FAR: samples every code of a frame at once, frame after frame.
 
   prompt: int [B, T, *F], the window's frame count T and frame shape F (frames >= the prompt's
   length are ignored: pass zeros where nothing is known). Returns (int32 codes [B, T, *F], cache).
   Frame t's draw uses `fold_in(rng, t)`; with options.change_threshold, frames t >= 1 keep the
-  previous frame's codes except where they are likely to change (`sample_changes`).
+  previous frame's codes except where they are likely to change (`sample_changes`), apart from
+  the codes `hidden` (bool [*F]) marks, which the prior never sees in the previous frame and
+  which are drawn plainly.
   """
   _check_prompt(prompt)
   prompt = prompt.astype(jnp.int32)
   frames = jnp.moveaxis(prompt, 1, 0)  # [T, B, *F]: scan over the leading axis
+  unseen = np.zeros(prompt.shape[2:], bool) if hidden is None else np.asarray(hidden, bool)
 
   def step(state: FrameLoopState, xs):
     t, given = xs  # given: [B, *F]
@@ -160,7 +166,8 @@ def sample_frames(frame_to_logits: FrameToLogits, cache: PyTree, rng: jax.Array,
     key = jax.random.fold_in(rng, t)
     drawn = sample_logits(key, logits, options)  # [B, *F]
     if options.change_threshold:
-      drawn = jnp.where(t > 0, sample_changes(key, logits, state.prev, options), drawn)
+      seen = jnp.where(unseen, -1, state.prev)
+      drawn = jnp.where(t > 0, sample_changes(key, logits, seen, options), drawn)
     codes = jnp.where(t < num_prompt_frames, given, drawn)
     return FrameLoopState(prev=codes, cache=cache), codes
 
@@ -213,7 +220,7 @@ def init_cache(model: prior_lib.Prior, batch: int,
   return model.init_cache(2 * batch if options.guided else batch)
 
 
-def _guide(logits: jax.Array, weight: float) -> jax.Array:
+def guide(logits: jax.Array, weight: float) -> jax.Array:
   """Logits [2B, ..., V] (rows B.. with the null audio) -> guided log-probs [B, ..., V]."""
   with_audio, without = jnp.split(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), 2)
   return without + weight * (with_audio - without)
@@ -255,7 +262,7 @@ def sample_prior(model: prior_lib.Prior, params: PyTree, mel: jax.Array, episode
     drop = jnp.arange(2 * batch) >= batch
     context = model.apply(variables, _twice(mel), _twice(jnp.asarray(episode)), _twice(z),
                           drop_audio=drop, method=model.encode_context)
-    double, combine = _twice, functools.partial(_guide, weight=options.audio_guidance)
+    double, combine = _twice, functools.partial(guide, weight=options.audio_guidance)
   else:
     context = model.apply(variables, mel, episode, z, method=model.encode_context)
     double = combine = lambda x: x
@@ -269,7 +276,8 @@ def sample_prior(model: prior_lib.Prior, params: PyTree, mel: jax.Array, episode
       logits, cache = model.apply(variables, context, double(prev), t, cache,
                                   method=model.far_frame_step)
       return combine(logits), cache
-    return sample_frames(frame_to_logits, cache, rng, prompt, num_prompt_frames, options)
+    return sample_frames(frame_to_logits, cache, rng, prompt, num_prompt_frames, options,
+                         hidden=model.hidden_codes())
 
   def frame_to_context(prev, t, cache):
     prev = double(prev.reshape((batch,) + frame_shape))  # [B, L] -> [B (2B), gh, gw, K]
@@ -302,7 +310,7 @@ def opening_scores(model: prior_lib.Prior, params: PyTree, bank: jax.Array, mel:
     drop = jnp.arange(2 * batch) >= batch
     logits = model.apply(variables, _twice(codes), _twice(mel), _twice(jnp.asarray(episode)),
                          train=False, z=_twice(z), drop_audio=drop)[0][:, 0]
-    log_p = _guide(logits, options.audio_guidance)  # [B, gh, gw, K, V]
+    log_p = guide(logits, options.audio_guidance)  # [B, gh, gw, K, V]
   else:
     logits = model.apply(variables, codes, mel, episode, train=False, z=z)[0][:, 0]
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

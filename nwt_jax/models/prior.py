@@ -45,6 +45,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nwt_jax.models import transformer
 from nwt_jax.models.prior_depth import MARDepth
@@ -139,6 +140,12 @@ class Prior(MARDepth):
   # anchor alone: the prior cannot drift or learn to continue its own samples, at the price of
   # temporal coherence the audio does not explain (blinks, sway).
   autoregressive: bool = True
+  # Grid cells (row-major indices) whose codes the prior never sees in the previous frame or the
+  # anchor: each shows a learned "hidden" embedding and has no copy path, so the prior must draw
+  # those cells from the audio (and the cells around them) in every frame and cannot continue
+  # its own past there. Wav2Lip hides the lower half of the face by hand; here training picks
+  # the cells whose codes follow the audio, from the tokens alone (`training.audio_cells`).
+  hidden_cells: tuple[int, ...] = ()
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32  # parameter dtype (norms always run in float32)
 
@@ -195,6 +202,10 @@ class Prior(MARDepth):
           "null_anchor", partitioned(nn.initializers.normal(1.0), None, "embed"), (p, e),
           self.param_dtype)
       self.anchor_proj = dense(d, (None, "embed"), name="anchor_proj", flat=False, **kw)
+    if self.hidden_cells:
+      self.hidden_cell = self.param(
+          "hidden_cell", partitioned(nn.initializers.normal(1.0), None, "embed"), (p, e),
+          self.param_dtype)
     if self.cond_skip:
       self.cond_proj = dense(d, ("embed", "mlp"), name="cond_proj", **kw)
     if self.spatial_film:
@@ -371,37 +382,68 @@ class Prior(MARDepth):
     stray = jnp.take_along_axis(flat, source, axis=1).reshape(codes.shape)
     return jnp.where(hit[..., None] & (prev >= 0), stray, prev)
 
-  def _anchor_codes(self, codes: jax.Array) -> jax.Array:
-    """Teacher forcing: the anchor each frame sees, [B, T, gh, gw, K]: the window's first frame,
-    -1 (the null anchor) at frame 0."""
-    first = jnp.broadcast_to(codes[:, :1], codes.shape)
+  def _anchor_codes(self, codes: jax.Array, anchor: jax.Array | None = None) -> jax.Array:
+    """Teacher forcing: the anchor each frame sees, [B, T, gh, gw, K]: `anchor` [B, gh, gw, K]
+    if given (e.g. another frame of the window's clip), else the window's first frame; -1 (the
+    null anchor) at frame 0."""
+    source = codes[:, :1] if anchor is None else anchor[:, None].astype(codes.dtype)
+    first = jnp.broadcast_to(source, codes.shape)
     return jnp.where((jnp.arange(codes.shape[1]) == 0)[None, :, None, None, None], -1, first)
 
+  def _hidden_mask(self) -> np.ndarray:
+    """bool [gh, gw]: the `hidden_cells`."""
+    mask = np.zeros(self.grid[0] * self.grid[1], bool)
+    mask[list(self.hidden_cells)] = True
+    return mask.reshape(self.grid)
+
+  def hidden_codes(self) -> np.ndarray:
+    """bool [gh, gw, K]: the codes of `hidden_cells` (for samplers; no parameters needed)."""
+    return np.broadcast_to(self._hidden_mask()[:, :, None], self.grid + (self.code_heads,))
+
+  def _hide(self, frame_codes: jax.Array | None) -> jax.Array | None:
+    """Codes [B, T, gh, gw, K] of shown frames (previous or anchor) -> -1 at `hidden_cells`
+    (frames that are -1 throughout, BOS or the null anchor, stay as they are)."""
+    if not self.hidden_cells or frame_codes is None:
+      return frame_codes
+    return jnp.where(self._hidden_mask()[:, :, None], -1, frame_codes)
+
+  def _hidden_embed(self, emb: jax.Array, codes: jax.Array) -> jax.Array:
+    """The hidden embedding at hidden cells of frames that are not -1 throughout."""
+    if not self.hidden_cells:
+      return emb
+    shown = jnp.any(codes >= 0, axis=(2, 3, 4))  # [B, T]
+    hidden = shown[..., None] & self._hidden_mask().reshape(-1)  # [B, T, P]
+    return jnp.where(hidden[..., None], self.hidden_cell.astype(emb.dtype), emb)
+
   def _embed_anchor(self, anchor_codes: jax.Array | None) -> jax.Array | None:
-    """Anchor codes [B, T, gh, gw, K] (-1: none) -> [B, T, P, e] (the null anchor where -1)."""
+    """Anchor codes [B, T, gh, gw, K] (-1: none) -> [B, T, P, e] (the null anchor where -1
+    throughout)."""
     if not self.anchor:
       return None
     emb = self.frame_embed(jnp.maximum(anchor_codes, 0))
-    unset = anchor_codes[:, :, 0, 0, 0] < 0  # [B, T]
-    return jnp.where(unset[..., None, None], self.null_anchor.astype(emb.dtype), emb)
+    unset = jnp.all(anchor_codes < 0, axis=(2, 3, 4))  # [B, T]
+    emb = jnp.where(unset[..., None, None], self.null_anchor.astype(emb.dtype), emb)
+    return self._hidden_embed(emb, anchor_codes)
 
   def _embed_previous(self, prev_codes: jax.Array) -> jax.Array:
-    """Previous-frame codes [B, T, gh, gw, K] (-1: BOS frame) -> embeddings [B, T, P, e]."""
+    """Previous-frame codes [B, T, gh, gw, K] (-1 throughout: BOS frame) -> [B, T, P, e]."""
     emb = self.frame_embed(jnp.maximum(prev_codes, 0))
-    is_bos = prev_codes[:, :, 0, 0, 0] < 0  # [B, T]: BOS frames are -1 throughout
-    return jnp.where(is_bos[..., None, None], self.bos_frame.astype(emb.dtype), emb)
+    is_bos = jnp.all(prev_codes < 0, axis=(2, 3, 4))  # [B, T]
+    emb = jnp.where(is_bos[..., None, None], self.bos_frame.astype(emb.dtype), emb)
+    return self._hidden_embed(emb, prev_codes)
 
   def _decode(self, codes: jax.Array, prev_codes: jax.Array, context: dict[str, jax.Array],
-              deterministic: bool) -> jax.Array:
+              deterministic: bool, anchor: jax.Array | None = None) -> jax.Array:
     """The temporal and spatial stacks and the head: logits [B, T, gh, gw, K, V] of `codes`
     with `prev_codes` as each frame's previous frame (-1: BOS)."""
+    prev_codes = self._hide(prev_codes)
     prev = self._embed_previous(prev_codes)  # [B, T, P, e]
     x = self._temporal_inputs(context["cond"], prev)  # [B, T, d]
     frames = jnp.arange(codes.shape[1])
     h = self.temporal(x, mask=transformer.causal_mask(frames, frames),
                       cross_kv=context["cross_kv"], deterministic=deterministic)
     h = self._frame_input(h, context["cond"])
-    anchor_codes = self._anchor_codes(codes) if self.anchor else None
+    anchor_codes = self._hide(self._anchor_codes(codes, anchor)) if self.anchor else None
     c = self._spatial(h, prev, deterministic, self._embed_anchor(anchor_codes))  # [B, T, P', d]
     if self.decoder == "far":
       return self._far_logits(c, prev_codes, anchor_codes)
@@ -410,14 +452,16 @@ class Prior(MARDepth):
   # --- teacher forcing -------------------------------------------------------------------------
 
   def __call__(self, codes: jax.Array, mel: jax.Array, episode: jax.Array, *, train: bool,
-               z: jax.Array | None = None, drop_audio: jax.Array | None = None
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+               z: jax.Array | None = None, drop_audio: jax.Array | None = None,
+               anchor: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """codes [B, T, gh, gw, K], mel [B, 4T, bins], episode [B] | [B, T] -> (logits, aux).
 
     logits are float32 [B, T, gh, gw, K, num_codes]; the logits of frame t (MAR: of code j of
     frame t) depend only on codes before it. z defaults to a posterior sample (train; rng stream
     'style') or its mean (eval); pass z to condition on another latent. drop_audio bool [B]: rows
-    that see the null audio (default: none, or P = audio_dropout each in training).
+    that see the null audio (default: none, or P = audio_dropout each in training). anchor
+    [B, gh, gw, K] (priors with `anchor`): the frame frames t >= 1 see as their anchor (default:
+    the window's frame 0).
     """
     if codes.shape[2:] != self.grid + (self.code_heads,):
       raise ValueError(f"codes {codes.shape} do not match grid {self.grid} x {self.code_heads}")
@@ -435,7 +479,7 @@ class Prior(MARDepth):
     context = self.encode_context(mel, episode, z, deterministic=deterministic,
                                   drop_audio=drop_audio)
     prev_codes = self._previous_codes(codes, train)  # [B, T, gh, gw, K]
-    logits = self._decode(codes, prev_codes, context, deterministic)
+    logits = self._decode(codes, prev_codes, context, deterministic, anchor)
     kl = jnp.mean(gaussian_kl(mu, log_sigma))
     return logits, {"kl": kl, "mu": mu, "log_sigma": log_sigma, "z": z,
                     "prev_codes": prev_codes}
@@ -464,7 +508,7 @@ class Prior(MARDepth):
     not autoregressive), the anchor it saw (the same shape) or None, cache). The anchor is
     cache['anchor']: the caller's, or where that is -1, the window's frame 0 (stored at t = 1,
     when frame 0 is the previous frame)."""
-    shown = jnp.where((t == 0) | (not self.autoregressive), -1, prev_codes)[:, None]
+    shown = self._hide(jnp.where((t == 0) | (not self.autoregressive), -1, prev_codes)[:, None])
     prev = self._embed_previous(shown)  # [B, 1, P, e]
     cond = jax.lax.dynamic_slice_in_dim(context["cond"], t, 1, axis=1)  # [B, 1, d]
     x = self._temporal_inputs(cond, prev)  # [B, 1, d]
@@ -477,7 +521,7 @@ class Prior(MARDepth):
       unset = (stored[:, 0, 0, 0] < 0)[:, None, None, None]
       stored = jnp.where((t == 1) & unset, prev_codes, stored)
       cache = {**cache, "anchor": stored}
-      anchor_codes = jnp.where(t == 0, -1, stored)[:, None]  # [B, 1, gh, gw, K]
+      anchor_codes = self._hide(jnp.where(t == 0, -1, stored)[:, None])  # [B, 1, gh, gw, K]
     c = self._spatial(h, prev, True, self._embed_anchor(anchor_codes))
     return c, shown, anchor_codes, cache
 

@@ -41,6 +41,7 @@ from nwt_jax.data import frame_bank
 from nwt_jax.data import token_pipeline
 from nwt_jax.models import prior as prior_lib
 from nwt_jax.runtime import compile_options
+from nwt_jax.training import audio_cells
 from nwt_jax.training import loop
 from nwt_jax.training import losses
 from nwt_jax.training import metric_writer
@@ -67,7 +68,8 @@ def make_model(config: ml_collections.ConfigDict, manifest: dict) -> prior_lib.P
   return prior_lib.Prior(
       grid=tuple(manifest["grid"]), code_heads=manifest["code_heads"],
       num_codes=manifest["num_codes"], num_episodes=manifest["num_episodes"],
-      dtype=DTYPES[config.dtype], **config.prior)
+      dtype=DTYPES[config.dtype],
+      **{**config.prior, "hidden_cells": tuple(config.prior.get("hidden_cells", ()))})
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -124,8 +126,10 @@ def train_step(state: loop.TrainState, batch: dict[str, jax.Array], *,
   beta = kl_weight(state.step, kl_weight_max, kl_anneal_steps)
 
   def loss_fn(params):
+    # batch['anchor'] (data.anchor_frame): a distant frame of the clip as the identity anchor.
     logits, aux = model.apply({"params": params}, codes, batch["mel"], batch["episode"],
-                              train=True, rngs={"style": style_rng, "dropout": dropout_rng})
+                              train=True, anchor=batch.get("anchor"),
+                              rngs={"style": style_rng, "dropout": dropout_rng})
     # The change-weighted loss (losses.change_weighted_cross_entropy) and the plain NLL metric.
     ce, nll, w = losses.code_losses(logits, codes, change_weight,
                                     label_smoothing=label_smoothing, prev=aux["prev_codes"],
@@ -310,6 +314,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     # What a FAR prior's first frames are retrieved from (a MAR prior draws them code by code).
     if config.prior.decoder == "far" and frame_bank.load(workdir) is None:
       frame_bank.save(workdir, frame_bank.build(token_pipeline.TokenSource(root, "train")))
+  if config.train.get("hide_audio_cells") and not config.prior.get("hidden_cells"):
+    # Found from the tokens (the same on every process and on resume), kept in the config the
+    # checkpoint stores, so generation builds the same prior.
+    config.prior.hidden_cells = audio_cells.find(root, config.train.hide_audio_cells,
+                                                 margin=config.train.get("hide_margin", 0))
+    logging.info("Hiding the previous frame's audio-following cells %s (of %d).",
+                 list(config.prior.hidden_cells), manifest["grid"][0] * manifest["grid"][1])
   s = setup(config, manifest)
   logging.info("Prior (%s) on tokens %s: grid %s x %d heads, %d codes, %d episodes; %.2fM "
                "parameters.", config.prior.decoder, root, manifest["grid"],

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+import shared_probe
 import xla_env
 
 from nwt_jax import presets
@@ -214,7 +215,9 @@ def _page(proc: subprocess.Popen) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def far_demo(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("demo_far")
-  return workdir, _run_demo(workdir, "tiny,far")
+  # Its background probe is the default one: test_evaluate.py uses it rather than train another.
+  with shared_probe.publish_when_saved(workdir / "probe.npz"):
+    return workdir, _run_demo(workdir, "tiny,far")
 
 
 @pytest.mark.slow

@@ -9,13 +9,16 @@ from nwt_jax.data import audio as audio_lib
 from nwt_jax.inference import generator
 from nwt_jax.evaluation import jobs
 from nwt_jax.evaluation import metrics
+import shared_probe
 
 KEYS = synthetic.TRUTH_KEYS
 
 
 @pytest.fixture(scope="module")
 def trained_probe():
-  return probe.train_probe(seed=0)
+  # The default probe, probe.train_probe(seed=0): trained here, or the one the session's demo
+  # run trained with that same call (tests/support/shared_probe.py).
+  return shared_probe.default_probe()
 
 
 @pytest.fixture(scope="module")

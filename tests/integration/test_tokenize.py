@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nwt_jax import errors
 from nwt_jax.data import input_pipeline
 from nwt_jax.data import token_pipeline
 from nwt_jax.models import dvae
@@ -136,3 +137,36 @@ def test_token_batches_are_deterministic_process_sharded_and_resumable(tokens):
   with _iterator(root) as resumed:
     resumed.set_state(state)
     jax.tree.map(np.testing.assert_array_equal, next(resumed), after)
+
+
+def test_distant_anchor_is_another_moment_of_the_windows_clip(tokens):
+  """anchor_frame='distant': each train window carries the codes of one frame of its own clip
+  outside the window; validation windows carry none."""
+  root, _ = tokens
+  clips = _all_clips(root, "train")
+  with _iterator(root, anchor_frame="distant") as it:
+    for _ in range(3):
+      b = next(it)
+      assert b["anchor"].shape == b["codes"][:, 0].shape and b["anchor"].dtype == np.int32
+      for row in range(len(b["codes"])):
+        window = [(c, t0) for c in clips for t0 in range(len(c["codes"]) - 3)
+                  if np.array_equal(c["mel"][4 * t0:4 * t0 + 16], b["mel"][row])]
+        assert window
+        assert any(np.array_equal(c["codes"][a], b["anchor"][row])
+                   for c, t0 in window for a in range(len(c["codes"])) if not t0 <= a < t0 + 4)
+  with token_pipeline.create_iterator(
+      {**token_pipeline.default_config(), "anchor_frame": "distant"}, "validation", seed=3,
+      root=root, batch_size=2, frames_per_example=4) as it:
+    assert "anchor" not in next(it)
+
+
+def test_distant_frame_covers_every_frame_outside_the_window_and_only_those():
+  picks = [token_pipeline.distant_frame(0, step, row, 10, 3, 4)
+           for step in range(60) for row in range(4)]
+  assert set(picks) == {0, 1, 2, 7, 8, 9}
+  assert picks == [token_pipeline.distant_frame(0, step, row, 10, 3, 4)
+                   for step in range(60) for row in range(4)]
+  assert {token_pipeline.distant_frame(0, s, 0, 4, 0, 4) for s in range(40)} == {0, 1, 2, 3}
+  with pytest.raises(errors.InvalidInput, match="anchor_frame"):
+    token_pipeline.create_iterator({**token_pipeline.default_config(), "anchor_frame": "far"},
+                                   "train", seed=0, root="/nonexistent")

@@ -12,6 +12,7 @@ from nwt_jax import presets
 from nwt_jax import train
 from nwt_jax.data import frame_bank
 from nwt_jax.data import token_pipeline
+from nwt_jax.training import audio_cells
 from nwt_jax.training import checkpoint
 from nwt_jax.training import prior as train_prior
 from nwt_jax.training import restore
@@ -104,6 +105,10 @@ def test_smoke_loss_falls_checkpoint_exists_and_controls_are_logged(reference, t
   model, params, config = restore.prior(str(workdir))
   assert config.model == "prior" and model.decoder == "far" and model.d_model == SMALL["d_model"]
   assert (model.grid, model.code_heads, model.num_codes) == ((4, 2), 2, 16)
+  # The hidden audio cells found from the tokens before training travel with the checkpoint.
+  assert config.train.hide_audio_cells > 0 and config.data.anchor_frame == "distant"
+  assert model.hidden_cells and model.hidden_cells == audio_cells.find(
+      tokens, config.train.hide_audio_cells)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
     np.testing.assert_array_equal(a, b)
   # The frame bank a FAR prior's first frames come from: every training frame (96 < the cap).

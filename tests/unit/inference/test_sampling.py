@@ -158,6 +158,12 @@ def test_change_threshold_keeps_the_codes_unlikely_to_change():
   # Above both: nothing changes; below both: both always do.
   np.testing.assert_array_equal(changes(Options(change_threshold=0.5)), [0.0, 0.0])
   np.testing.assert_array_equal(changes(Options(change_threshold=0.1)), [1.0, 1.0])
+  # A hidden column (the prior never sees its previous code) is drawn plainly, at its rate.
+  codes, _ = sampling.sample_frames(frame_to_logits, (), _key(0), prompt, 0,
+                                    Options(change_threshold=0.3), hidden=np.array([False, True]))
+  codes = np.asarray(codes)
+  np.testing.assert_allclose(np.mean(codes[:, 1:] != codes[:, :-1], axis=(0, 1)), [0.0, 0.4],
+                             atol=0.02)
 
 
 def test_change_threshold_is_for_far_priors():
@@ -241,9 +247,9 @@ def test_guidance_mixes_the_log_probs():
   with_audio, without = _random_logits((3, V), 1), _random_logits((3, V), 2)
   both = jnp.concatenate([with_audio, without])
   log_p, log_q = jax.nn.log_softmax(with_audio), jax.nn.log_softmax(without)
-  np.testing.assert_allclose(sampling._guide(both, 1.0), log_p, atol=1e-6)
-  np.testing.assert_allclose(sampling._guide(both, 0.0), log_q, atol=1e-6)
-  np.testing.assert_allclose(sampling._guide(both, 3.0), log_q + 3 * (log_p - log_q), atol=1e-5)
+  np.testing.assert_allclose(sampling.guide(both, 1.0), log_p, atol=1e-6)
+  np.testing.assert_allclose(sampling.guide(both, 0.0), log_q, atol=1e-6)
+  np.testing.assert_allclose(sampling.guide(both, 3.0), log_q + 3 * (log_p - log_q), atol=1e-5)
 
 
 @pytest.mark.parametrize("decoder", ["far", "mar"])

@@ -55,7 +55,9 @@ VARIANTS = {"far": dict(decoder="far"), "mar": dict(decoder="mar"),
             "mar_patch": dict(decoder="mar", depth_window_rows=2, **SPATIAL),
             "far_anchor": dict(decoder="far", anchor=True, **SPATIAL),
             "mar_anchor": dict(decoder="mar", anchor=True, **SPATIAL),
-            "far_anchor_only": dict(decoder="far", anchor=True, autoregressive=False, **SPATIAL)}
+            "far_anchor_only": dict(decoder="far", anchor=True, autoregressive=False, **SPATIAL),
+            "far_hidden": dict(decoder="far", anchor=True, hidden_cells=(2, 5), **SPATIAL),
+            "mar_hidden": dict(decoder="mar", anchor=True, hidden_cells=(2, 5), **SPATIAL)}
 ZERO_INIT_PARAMS = ("copy", "anchor_copy", "depth_copy", "depth_copy_bias", "film")
 
 
@@ -143,7 +145,8 @@ def _teacher_forced_by_steps(model, params, codes, mel, episode, z):
 
 
 @pytest.mark.parametrize("decoder", ["far", "mar", "mar_local", "far_patch", "mar_patch",
-                                     "far_anchor", "mar_anchor", "far_anchor_only"])
+                                     "far_anchor", "mar_anchor", "far_anchor_only",
+                                     "far_hidden", "mar_hidden"])
 def test_cached_decoding_equals_teacher_forcing(decoder):
   model, params = _model_and_params(decoder)
   codes, mel, episode = _batch(seed=1, frames=SMALL["max_frames"])
@@ -188,6 +191,52 @@ def test_a_saturated_anchor_gate_repeats_the_anchor_and_a_given_anchor_replaces_
                                      method=model.far_frame_step)
     if t:
       np.testing.assert_array_equal(jnp.argmax(step_logits, -1), other)
+
+
+def test_a_given_anchor_replaces_the_windows_frame_0_as_the_anchor_of_frames_after_it():
+  """Teacher forcing with `anchor` (training's distant anchor): the saturated anchor gate copies
+  the given frame into frames >= 1; frame 0's logits (null anchor) do not change; passing the
+  window's own frame 0 is the default."""
+  model, params = _model_and_params("far_anchor")
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: (jnp.full_like(x, 100.0) if path[0].key == "anchor_copy"
+                       and path[-1].key == "bias" else
+                       jnp.zeros_like(x) if path[0].key == "copy" else x), params)
+  codes, mel, episode = _batch(seed=4)
+  apply = lambda anchor: model.apply({"params": params}, codes, mel, episode, train=False,
+                                     z=_z(), anchor=anchor)[0]
+  other = (codes[:, 0] + 7) % SMALL["num_codes"]
+  given, default = apply(other), apply(None)
+  np.testing.assert_array_equal(jnp.argmax(given[:, 1:], -1),
+                                jnp.broadcast_to(other[:, None], codes[:, 1:].shape))
+  np.testing.assert_array_equal(given[:, 0], default[:, 0])
+  np.testing.assert_array_equal(apply(codes[:, 0]), default)
+
+
+@pytest.mark.parametrize("decoder", ["far_hidden", "mar_hidden"])
+def test_hidden_cells_of_the_previous_frame_and_the_anchor_are_never_seen(decoder):
+  """hidden_cells (2, 5): changing the codes of those cells in frames before t (the previous
+  frame and the anchor, frame 0) leaves frame t's logits as they are; changing any other cell
+  does not (the copy gates are live: their zero-initialised weights are drawn at random)."""
+  model, params = _model_and_params(decoder)
+  codes, mel, episode = _batch(seed=6)
+  z = _z()
+  apply = jax.jit(lambda c: model.apply({"params": params}, c, mel, episode, train=False, z=z)[0])
+  base = apply(codes)
+  hidden = np.zeros(SMALL["grid"], bool).reshape(-1)
+  hidden[[2, 5]] = True
+  hidden = hidden.reshape(SMALL["grid"])
+  last = T - 1
+  bump = lambda where: codes.at[:, :last].set(
+      jnp.where(where[None, None, :, :, None], (codes[:, :last] + 1) % SMALL["num_codes"],
+                codes[:, :last]))
+  # MAR's frame t also sees its own earlier codes, so compare the first code of the last frame.
+  first_code = lambda logits: np.asarray(logits)[:, last, 0, 0, 0]
+  np.testing.assert_allclose(first_code(apply(bump(hidden))), first_code(base), atol=1e-6)
+  assert np.abs(first_code(apply(bump(~hidden))) - first_code(base)).max() > 1e-4
+  if decoder == "far_hidden":
+    np.testing.assert_allclose(np.asarray(apply(bump(hidden)))[:, last],
+                               np.asarray(base)[:, last], atol=1e-6)
 
 
 def test_a_prior_that_is_not_autoregressive_sees_only_the_anchor_of_the_past():
