@@ -170,14 +170,19 @@ def test_a_saturated_copy_gate_repeats_the_previous_frame(decoder):
   assert np.mean(np.asarray(jnp.argmax(logits[:, 0], -1) == codes[:, 0])) < 0.5
 
 
-def test_a_saturated_anchor_gate_repeats_the_anchor_and_a_given_anchor_replaces_frame_0():
-  """Anchor gate bias +100 (previous-frame gate off): frames >= 1 are the window's frame 0, in
-  teacher forcing and in cached decoding; an anchor given through the cache replaces it."""
+def _saturated_anchor_gate():
+  """The far_anchor prior with its anchor gate's bias at +100 and the previous-frame gate off."""
   model, params = _model_and_params("far_anchor")
-  params = jax.tree_util.tree_map_with_path(
+  return model, jax.tree_util.tree_map_with_path(
       lambda path, x: (jnp.full_like(x, 100.0) if path[0].key == "anchor_copy"
                        and path[-1].key == "bias" else
                        jnp.zeros_like(x) if path[0].key == "copy" else x), params)
+
+
+def test_a_saturated_anchor_gate_repeats_the_anchor_and_a_given_anchor_replaces_frame_0():
+  """Anchor gate bias +100 (previous-frame gate off): frames >= 1 are the window's frame 0, in
+  teacher forcing and in cached decoding; an anchor given through the cache replaces it."""
+  model, params = _saturated_anchor_gate()
   codes, mel, episode = _batch(seed=2)
   v = {"params": params}
   logits, _ = model.apply(v, codes, mel, episode, train=False, z=_z())
@@ -197,11 +202,7 @@ def test_a_given_anchor_replaces_the_windows_frame_0_as_the_anchor_of_frames_aft
   """Teacher forcing with `anchor` (training's distant anchor): the saturated anchor gate copies
   the given frame into frames >= 1; frame 0's logits (null anchor) do not change; passing the
   window's own frame 0 is the default."""
-  model, params = _model_and_params("far_anchor")
-  params = jax.tree_util.tree_map_with_path(
-      lambda path, x: (jnp.full_like(x, 100.0) if path[0].key == "anchor_copy"
-                       and path[-1].key == "bias" else
-                       jnp.zeros_like(x) if path[0].key == "copy" else x), params)
+  model, params = _saturated_anchor_gate()
   codes, mel, episode = _batch(seed=4)
   apply = lambda anchor: model.apply({"params": params}, codes, mel, episode, train=False,
                                      z=_z(), anchor=anchor)[0]
