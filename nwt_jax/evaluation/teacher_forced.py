@@ -51,8 +51,7 @@ def next_frame_codes(models, codes: np.ndarray, mels: np.ndarray, episodes: np.n
     drawn = sampling.sample_logits(rng, logits, options)
     if options.change_threshold:
       prev = jnp.concatenate([window_codes[:, :1], window_codes[:, :-1]], axis=1)
-      drawn = sampling.sample_changes(rng, logits, jnp.where(prior.hidden_codes(), -1, prev),
-                                      options)
+      drawn = sampling.sample_changes(rng, logits, prev, options, prior.hidden_codes())
     return drawn.at[:, 0].set(window_codes[:, 0])
 
   out = np.empty_like(codes)

@@ -111,11 +111,13 @@ def sample_logits(rng: jax.Array, logits: jax.Array, options: SamplingOptions) -
 
 
 def sample_changes(rng: jax.Array, logits: jax.Array, prev: jax.Array,
-                   options: SamplingOptions) -> jax.Array:
+                   options: SamplingOptions, hidden: np.ndarray | None = None) -> jax.Array:
   """`options.change_threshold`'s draw: codes [...] from logits [..., V] and the previous frame's
   codes prev [...]: prev where P(prev) >= 1 - change_threshold (P at temperature 1), else a draw
-  from the other codes. Where prev is -1 (a code the prior does not see: `hidden_cells`), a
-  plain draw."""
+  from the other codes. Where prev is -1 or `hidden` (bool, prev's trailing shape) marks a code
+  the prior does not see (`Prior.hidden_codes()`), a plain draw."""
+  if hidden is not None and np.any(hidden):
+    prev = jnp.where(hidden, -1, prev)
   log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   keep = (prev >= 0) & (jnp.take_along_axis(log_p, jnp.maximum(prev, 0)[..., None], axis=-1)[
       ..., 0] >= jnp.log1p(-options.change_threshold))
@@ -158,7 +160,6 @@ def sample_frames(frame_to_logits: FrameToLogits, cache: PyTree, rng: jax.Array,
   _check_prompt(prompt)
   prompt = prompt.astype(jnp.int32)
   frames = jnp.moveaxis(prompt, 1, 0)  # [T, B, *F]: scan over the leading axis
-  unseen = np.zeros(prompt.shape[2:], bool) if hidden is None else np.asarray(hidden, bool)
 
   def step(state: FrameLoopState, xs):
     t, given = xs  # given: [B, *F]
@@ -166,8 +167,7 @@ def sample_frames(frame_to_logits: FrameToLogits, cache: PyTree, rng: jax.Array,
     key = jax.random.fold_in(rng, t)
     drawn = sample_logits(key, logits, options)  # [B, *F]
     if options.change_threshold:
-      seen = jnp.where(unseen, -1, state.prev)
-      drawn = jnp.where(t > 0, sample_changes(key, logits, seen, options), drawn)
+      drawn = jnp.where(t > 0, sample_changes(key, logits, state.prev, options, hidden), drawn)
     codes = jnp.where(t < num_prompt_frames, given, drawn)
     return FrameLoopState(prev=codes, cache=cache), codes
 
